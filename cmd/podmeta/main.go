@@ -1,0 +1,90 @@
+// Command podmeta is podmeta's one binary: the admission webhook server and the offline
+// tools around the same engine.
+//
+//	podmeta webhook  [flags]           serve the mutating admission webhook
+//	podmeta inject   -f FILE [flags]   mutate manifests offline, as the webhook would
+//	podmeta explain  -f FILE [flags]   show what each pod would get, and why not
+//	podmeta version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Set with -ldflags "-X main.version=… -X main.commit=…".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "podmeta:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// streams are a command's standard streams, passed in so tests can run commands in-process.
+type streams struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+type command struct {
+	name, usage string
+	run         func(ctx context.Context, args []string, s streams) error
+}
+
+func commands() []command {
+	return []command{
+		{"webhook", "serve the mutating admission webhook", runWebhook},
+		{"inject", "mutate Pods and workload pod templates in YAML manifests offline", runInject},
+		{"explain", "show per pod what would be injected, what would be skipped and why", runExplain},
+		{"version", "print the version", runVersion},
+	}
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	s := streams{stdin, stdout, stderr}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return nil
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], s)
+		}
+	}
+	usage(stderr)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: podmeta COMMAND [flags]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.usage)
+	}
+	fmt.Fprintln(w, "\nRun 'podmeta COMMAND -h' for a command's flags.")
+}
+
+func runVersion(_ context.Context, args []string, s streams) error {
+	if len(args) > 0 {
+		return fmt.Errorf("version takes no arguments, got %q", args)
+	}
+	fmt.Fprintf(s.out, "podmeta %s (commit %s)\n", version, commit)
+	return nil
+}

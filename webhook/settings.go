@@ -1,0 +1,280 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Settings is what one pod asked for, after config < namespace annotations < pod
+// annotations.
+type Settings struct {
+	Inject     bool
+	Env        envSet
+	EnvPrefix  string
+	Containers []string // nil: every container and init container
+	Volume     bool
+	VolumePath string
+	// StorageRequest and StorageLimit are nil for "none".
+	StorageRequest *resource.Quantity
+	StorageLimit   *resource.Quantity
+	Ambassador     bool
+	AmbassadorMode string
+	AmbassadorPort int
+}
+
+// AmbassadorHealthPort is the ambassador's second port: the next one up, or the one
+// below for 65535, so it can never equal the proxy port.
+func (s *Settings) AmbassadorHealthPort() int {
+	if s.AmbassadorPort == 65535 {
+		return 65534
+	}
+	return s.AmbassadorPort + 1
+}
+
+// AnnotationError is a podmeta annotation (or operator flag) with a value podmeta cannot
+// use. Its message names where the value came from, the key, the value and the valid
+// choices, because it is what a pod author reads when the pod is denied.
+type AnnotationError struct {
+	Source string // "pod", "namespace" or "operator config"
+	Key    string
+	Value  string
+	Reason string
+}
+
+func (e *AnnotationError) Error() string {
+	return fmt.Sprintf("%s annotation %s=%q is invalid: %s", e.Source, e.Key, clip(e.Value), e.Reason)
+}
+
+// clip keeps error messages readable when a value is huge.
+func clip(s string) string {
+	const max = 80
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + fmt.Sprintf("…(%d bytes)", len(s))
+}
+
+// Annotation sources, as named in error messages.
+const (
+	sourceConfig    = "operator config"
+	sourceNamespace = "namespace"
+	sourcePod       = "pod"
+)
+
+// setting parses one annotation's value into Settings. It returns the reason a value is
+// invalid, which AnnotationError wraps with the key and source.
+type setting func(s *Settings, v string) string
+
+var settings = map[string]setting{
+	AnnotationInject:                  func(s *Settings, v string) string { return parseBool(&s.Inject, v) },
+	AnnotationEnv:                     parseEnv,
+	AnnotationEnvPrefix:               parseEnvPrefix,
+	AnnotationContainers:              parseContainers,
+	AnnotationVolume:                  func(s *Settings, v string) string { return parseBool(&s.Volume, v) },
+	AnnotationVolumePath:              parseVolumePath,
+	AnnotationEphemeralStorageRequest: func(s *Settings, v string) string { return parseStorage(&s.StorageRequest, v) },
+	AnnotationEphemeralStorageLimit:   func(s *Settings, v string) string { return parseStorage(&s.StorageLimit, v) },
+	AnnotationAmbassador:              func(s *Settings, v string) string { return parseBool(&s.Ambassador, v) },
+	AnnotationAmbassadorMode:          parseMode,
+	AnnotationAmbassadorPort:          parsePort,
+}
+
+// knownAnnotations lists every key settings understands, for "unknown annotation" warnings.
+var knownAnnotations = func() string {
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return strings.Join(keys, ", ")
+}()
+
+// settings turns the operator config into the starting Settings, through the same
+// parsers as annotations.
+func (c *Config) settings() (Settings, error) {
+	var s Settings
+	values := map[string]string{
+		AnnotationInject:                  strconv.FormatBool(c.Inject),
+		AnnotationEnv:                     c.Env,
+		AnnotationEnvPrefix:               c.EnvPrefix,
+		AnnotationVolume:                  strconv.FormatBool(c.Volume),
+		AnnotationVolumePath:              c.VolumePath,
+		AnnotationEphemeralStorageRequest: c.EphemeralStorageRequest,
+		AnnotationEphemeralStorageLimit:   c.EphemeralStorageLimit,
+		AnnotationAmbassador:              strconv.FormatBool(c.Ambassador),
+		AnnotationAmbassadorMode:          c.AmbassadorMode,
+		AnnotationAmbassadorPort:          strconv.Itoa(c.AmbassadorPort),
+	}
+	_, err := s.apply(sourceConfig, values)
+	if err == nil {
+		err = s.check()
+	}
+	return s, err
+}
+
+// apply layers one source's podmeta annotations over s. It returns warnings for podmeta
+// keys it does not know (a typo should be loud, but a key from a newer podmeta must not
+// break pods) and an error for every invalid value.
+func (s *Settings) apply(source string, annotations map[string]string) (warnings []string, err error) {
+	var errs []error
+	for k, v := range annotations {
+		if !strings.HasPrefix(k, Prefix) {
+			continue
+		}
+		parse, ok := settings[k]
+		if !ok {
+			if k != AnnotationStatus {
+				warnings = append(warnings, fmt.Sprintf("podmeta: unknown %s annotation %s ignored; known keys: %s", source, k, knownAnnotations))
+			}
+			continue
+		}
+		if reason := parse(s, v); reason != "" {
+			errs = append(errs, &AnnotationError{Source: source, Key: k, Value: v, Reason: reason})
+		}
+	}
+	if len(errs) > 1 {
+		// Map order is random; a stable message is easier to read and to test.
+		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	}
+	slices.Sort(warnings)
+	return warnings, errors.Join(errs...)
+}
+
+// check validates what only makes sense across keys.
+func (s *Settings) check() error {
+	if s.StorageRequest != nil && s.StorageLimit != nil && s.StorageRequest.Cmp(*s.StorageLimit) > 0 {
+		return fmt.Errorf("%s=%s is above %s=%s: a request can never exceed its limit",
+			AnnotationEphemeralStorageRequest, s.StorageRequest, AnnotationEphemeralStorageLimit, s.StorageLimit)
+	}
+	return nil
+}
+
+// Resolve computes a pod's Settings: config, then namespace annotations, then pod
+// annotations. Warnings name unknown podmeta keys; the error names every invalid value.
+func (c *Config) Resolve(nsAnnotations, podAnnotations map[string]string) (Settings, []string, error) {
+	s, err := c.settings()
+	if err != nil {
+		return s, nil, err
+	}
+	w1, err1 := s.apply(sourceNamespace, nsAnnotations)
+	w2, err2 := s.apply(sourcePod, podAnnotations)
+	if err := errors.Join(err1, err2); err != nil {
+		return s, nil, err
+	}
+	return s, append(w1, w2...), s.check()
+}
+
+func norm(v string) string { return strings.ToLower(strings.TrimSpace(v)) }
+
+func parseBool(dst *bool, v string) string {
+	switch norm(v) {
+	case "true":
+		*dst = true
+	case "false":
+		*dst = false
+	default:
+		return "valid values are true, false"
+	}
+	return ""
+}
+
+var validEnv = "valid values are default, all, none, or a comma list of " + strings.Join(envSetAll.names(), ", ")
+
+func parseEnv(s *Settings, v string) string {
+	if norm(v) == EnvSetNone {
+		s.Env = 0
+		return ""
+	}
+	var set envSet
+	items := splitList(v)
+	if len(items) == 0 {
+		return "empty; " + validEnv
+	}
+	for _, item := range items {
+		switch strings.ToLower(item) {
+		case EnvSetDefault:
+			set |= envSetDefault
+			continue
+		case EnvSetAll:
+			set |= envSetAll
+			continue
+		}
+		i := slices.IndexFunc(envKeys, func(k envKey) bool { return strings.EqualFold(k.name, item) })
+		if i < 0 {
+			return fmt.Sprintf("unknown key %q; %s", clip(item), validEnv)
+		}
+		set |= 1 << i
+	}
+	s.Env = set
+	return ""
+}
+
+var cIdentifierPrefix = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func parseEnvPrefix(s *Settings, v string) string {
+	v = strings.TrimSpace(v)
+	if v != "" && (len(v) > 64 || !cIdentifierPrefix.MatchString(v)) {
+		return "must be empty or a C identifier prefix of at most 64 characters (letters, digits and _, not starting with a digit), e.g. K8S_"
+	}
+	s.EnvPrefix = v
+	return ""
+}
+
+func parseContainers(s *Settings, v string) string {
+	names := splitList(v)
+	for _, n := range names {
+		if errs := validation.IsDNS1123Label(n); len(errs) > 0 {
+			return fmt.Sprintf("container name %q: %s; want a comma list of container names", clip(n), errs[0])
+		}
+	}
+	s.Containers = names
+	return ""
+}
+
+func parseVolumePath(s *Settings, v string) string {
+	v = strings.TrimSpace(v)
+	if !path.IsAbs(v) || path.Clean(v) != v || v == "/" || strings.Contains(v, ":") || len(v) > 1024 {
+		return "must be a clean absolute path other than / without ':', e.g. " + DefaultVolumePath
+	}
+	s.VolumePath = v
+	return ""
+}
+
+func parseStorage(dst **resource.Quantity, v string) string {
+	if norm(v) == "none" {
+		*dst = nil
+		return ""
+	}
+	q, err := resource.ParseQuantity(strings.TrimSpace(v))
+	if err != nil || q.Sign() <= 0 {
+		return "must be a positive quantity such as 64Mi or 1Gi, or none"
+	}
+	*dst = &q
+	return ""
+}
+
+func parseMode(s *Settings, v string) string {
+	switch m := norm(v); m {
+	case ModeReadOnly, ModeReadWrite:
+		s.AmbassadorMode = m
+		return ""
+	}
+	return "valid values are read-only, read-write"
+}
+
+func parsePort(s *Settings, v string) string {
+	p, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || p < 1024 || p > 65535 {
+		return "must be a port number from 1024 to 65535"
+	}
+	s.AmbassadorPort = p
+	return ""
+}
