@@ -74,6 +74,8 @@ type Plan struct {
 	// Warnings are admission warnings: what the pod defined that podmeta kept, what it
 	// could not inject and why.
 	Warnings []string
+	// Conflicts counts the warnings by feature (FeatureEnv, …), for metrics.
+	Conflicts map[string]int
 	// Notes say what was already in place (explain shows them; the webhook does not).
 	Notes []string
 	// Status is what this plan injects, as recorded in podmeta.io/status.
@@ -162,6 +164,9 @@ func (in *Injector) plan(pod *podView, namespace string, nsAnnotations map[strin
 		return p, nil
 	}
 	p.Warnings = append(w1, w2...)
+	if n := len(p.Warnings); n > 0 {
+		p.Conflicts = map[string]int{FeatureConfig: n}
+	}
 
 	b := planner{Injector: in, s: &s, pod: pod, p: p}
 	if err := b.build(); err != nil {
@@ -250,7 +255,7 @@ func (b *planner) targets() []containerRef {
 	for _, name := range b.s.Containers {
 		i := slices.IndexFunc(all, func(r containerRef) bool { return r.c.Name == name })
 		if i < 0 {
-			b.warn("%s lists container %q, which the pod does not have", AnnotationContainers, name)
+			b.warn(FeatureConfig, "%s lists container %q, which the pod does not have", AnnotationContainers, name)
 			continue
 		}
 		out = append(out, all[i])
@@ -258,8 +263,12 @@ func (b *planner) targets() []containerRef {
 	return out
 }
 
-func (b *planner) warn(format string, args ...any) {
+func (b *planner) warn(feature, format string, args ...any) {
 	b.p.Warnings = append(b.p.Warnings, "podmeta: "+fmt.Sprintf(format, args...))
+	if b.p.Conflicts == nil {
+		b.p.Conflicts = map[string]int{}
+	}
+	b.p.Conflicts[feature]++
 }
 
 func (b *planner) note(format string, args ...any) {
@@ -300,7 +309,7 @@ func (b *planner) planEnv(t containerRef) {
 		case sameEnv(t.c.Env[i], w):
 			b.note("%s %q: env %s already set as podmeta would", t.kind(), t.c.Name, w.Name)
 		default:
-			b.warn("%s %q defines env %s; kept the pod's value", t.kind(), t.c.Name, w.Name)
+			b.warn(FeatureEnv, "%s %q defines env %s; kept the pod's value", t.kind(), t.c.Name, w.Name)
 		}
 	}
 	if len(add) == 0 {
@@ -368,7 +377,7 @@ func (b *planner) planVolume(targets []containerRef) bool {
 	}
 	dapi := b.pod.Spec.Volumes[i].DownwardAPI
 	if dapi == nil {
-		b.warn("volume %q exists and is not a downwardAPI volume; kept it and did not add the metadata volume", VolumeName)
+		b.warn(FeatureVolume, "volume %q exists and is not a downwardAPI volume; kept it and did not add the metadata volume", VolumeName)
 		return false
 	}
 	var missing []corev1.DownwardAPIVolumeFile
@@ -426,7 +435,7 @@ func (b *planner) planMount(t containerRef) {
 			b.note("%s %q already mounts volume %q at %s", t.kind(), t.c.Name, VolumeName, m.MountPath)
 			return
 		case m.MountPath == b.s.VolumePath:
-			b.warn("%s %q already mounts %q at %s; kept it and did not mount the metadata volume", t.kind(), t.c.Name, m.Name, m.MountPath)
+			b.warn(FeatureMount, "%s %q already mounts %q at %s; kept it and did not mount the metadata volume", t.kind(), t.c.Name, m.Name, m.MountPath)
 			return
 		}
 	}
@@ -462,7 +471,7 @@ func (b *planner) planStorage() {
 		}
 		if lim := b.s.StorageLimit; lim != nil && haveLim == nil {
 			if haveReq != nil && haveReq.Cmp(*lim) > 0 {
-				b.warn("%s %q requests ephemeral-storage %s, above the default limit %s; set no limit", t.kind(), t.c.Name, haveReq.String(), lim.String())
+				b.warn(FeatureStorage, "%s %q requests ephemeral-storage %s, above the default limit %s; set no limit", t.kind(), t.c.Name, haveReq.String(), lim.String())
 			} else {
 				q := lim.DeepCopy()
 				a.limit = &q
@@ -495,13 +504,13 @@ func (b *planner) checkAmbassador() error {
 	pod := b.pod
 	switch {
 	case pod.Spec.HostNetwork:
-		b.warn("ambassador not added: a hostNetwork pod shares the node's loopback, where the ambassador would expose the pod's token to every process on the node")
+		b.warn(FeatureAmbassador, "ambassador not added: a hostNetwork pod shares the node's loopback, where the ambassador would expose the pod's token to every process on the node")
 		return nil
 	case pod.Spec.AutomountServiceAccountToken != nil && !*pod.Spec.AutomountServiceAccountToken:
-		b.warn("ambassador not added: the pod sets automountServiceAccountToken: false, so it must not get API credentials")
+		b.warn(FeatureAmbassador, "ambassador not added: the pod sets automountServiceAccountToken: false, so it must not get API credentials")
 		return nil
 	case pod.Spec.OS != nil && pod.Spec.OS.Name == string(corev1.Windows):
-		b.warn("ambassador not added: it runs on Linux only and this is a Windows pod")
+		b.warn(FeatureAmbassador, "ambassador not added: it runs on Linux only and this is a Windows pod")
 		return nil
 	}
 	for _, list := range [][]containerView{pod.Spec.InitContainers, pod.Spec.Containers} {
@@ -518,7 +527,7 @@ func (b *planner) checkAmbassador() error {
 		}
 	}
 	if i := slices.IndexFunc(pod.Spec.Volumes, func(v volumeView) bool { return v.Name == AmbassadorTokenVolumeName }); i >= 0 && pod.Spec.Volumes[i].Projected == nil {
-		b.warn("ambassador not added: volume %q exists and is not podmeta's projected token volume", AmbassadorTokenVolumeName)
+		b.warn(FeatureAmbassador, "ambassador not added: volume %q exists and is not podmeta's projected token volume", AmbassadorTokenVolumeName)
 		return nil
 	}
 	b.ambassador = true
@@ -536,7 +545,7 @@ func (b *planner) planAmbassador() {
 			if list[i].Image == b.cfg.AmbassadorImage {
 				b.note("container %q already present", AmbassadorContainerName)
 			} else {
-				b.warn("container %q already exists with image %q; kept it", AmbassadorContainerName, list[i].Image)
+				b.warn(FeatureAmbassador, "container %q already exists with image %q; kept it", AmbassadorContainerName, list[i].Image)
 			}
 			return
 		}

@@ -2,9 +2,261 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	utilversion "k8s.io/apimachinery/pkg/util/version"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/podmeta/podmeta/webhook"
 )
 
-func runWebhook(ctx context.Context, args []string, s streams) error {
-	return errors.New("the webhook server is not built yet")
+// MutatePath is where the webhook configuration sends pod admissions.
+const MutatePath = "/mutate-v1-pod"
+
+// serverOptions are the webhook server's flags; the injection defaults are webhook.Config's.
+type serverOptions struct {
+	kubeconfig        string
+	namespace         string
+	host              string
+	port              int
+	certDir           string
+	certName, keyName string
+	metricsAddr       string
+	probeAddr         string
+	maxBodyBytes      int64
+	namespaceWait     time.Duration
+	gracefulShutdown  time.Duration
+	zap               zap.Options
+	cfg               webhook.Config
 }
+
+func defaultServerOptions() *serverOptions {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "podmeta-system"
+	}
+	return &serverOptions{
+		namespace:        ns,
+		port:             9443,
+		certDir:          "/tmp/k8s-webhook-server/serving-certs",
+		certName:         "tls.crt",
+		keyName:          "tls.key",
+		metricsAddr:      ":8080",
+		probeAddr:        ":8081",
+		maxBodyBytes:     webhook.DefaultMaxBodyBytes,
+		namespaceWait:    time.Second,
+		gracefulShutdown: 30 * time.Second,
+		cfg:              webhook.DefaultConfig(),
+	}
+}
+
+func (o *serverOptions) addFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.kubeconfig, "kubeconfig", o.kubeconfig, "kubeconfig file (default: $KUBECONFIG, then in-cluster)")
+	fs.StringVar(&o.namespace, "namespace", o.namespace, "podmeta's own namespace, never mutated (default $POD_NAMESPACE)")
+	fs.StringVar(&o.host, "host", o.host, "address the webhook server binds (default: all)")
+	fs.IntVar(&o.port, "port", o.port, "webhook server HTTPS port")
+	fs.StringVar(&o.certDir, "cert-dir", o.certDir, "directory with the serving certificate and key (reloaded when they change)")
+	fs.StringVar(&o.certName, "cert-name", o.certName, "serving certificate file in --cert-dir")
+	fs.StringVar(&o.keyName, "key-name", o.keyName, "serving key file in --cert-dir")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", o.metricsAddr, "Prometheus /metrics address; 0 disables")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", o.probeAddr, "/healthz and /readyz address")
+	fs.Int64Var(&o.maxBodyBytes, "max-request-bytes", o.maxBodyBytes, "largest AdmissionReview body accepted (413 above)")
+	fs.DurationVar(&o.namespaceWait, "namespace-wait", o.namespaceWait, "how long a request waits for a namespace the cache has not seen yet")
+	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish after SIGTERM")
+	o.zap.BindFlags(fs)
+	o.cfg.AddFlags(fs)
+}
+
+func runWebhook(ctx context.Context, args []string, s streams) error {
+	o := defaultServerOptions()
+	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+	fs.SetOutput(s.err)
+	o.addFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if !slices.Contains(o.cfg.ExcludedNamespaces, o.namespace) {
+		o.cfg.ExcludedNamespaces = append(o.cfg.ExcludedNamespaces, o.namespace)
+	}
+	if err := o.cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	o.zap.DestWriter = s.err
+	log := zap.New(zap.UseFlagOptions(&o.zap))
+	ctrl.SetLogger(log)
+
+	restCfg, err := o.restConfig()
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	native, err := nativeSidecars(restCfg, o.cfg.NativeSidecar)
+	if err != nil {
+		return err
+	}
+	injector, err := webhook.NewInjector(o.cfg, native)
+	if err != nil {
+		return err
+	}
+
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	server := crwebhook.NewServer(crwebhook.Options{
+		Host: o.host, Port: o.port, CertDir: o.certDir, CertName: o.certName, KeyName: o.keyName,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+			c.MinVersion = tls.VersionTLS12
+			// HTTP/2 off: its stream multiplexing exposed servers to the "Rapid Reset" and
+			// stream-cancellation CVEs (CVE-2023-44487, CVE-2023-39325), and the apiserver
+			// calls webhooks over HTTP/1.1 keep-alive connections anyway.
+			c.NextProtos = []string{"http/1.1"}
+		}},
+	})
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress:  o.probeAddr,
+		WebhookServer:           server,
+		GracefulShutdownTimeout: &o.gracefulShutdown,
+		// Only namespace metadata is cached: podmeta reads annotations and nothing else.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&metav1.PartialObjectMetadata{TypeMeta: namespaceType}: {}}},
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	// Start the namespace informer with the manager, not at the first request.
+	if _, err := mgr.GetCache().GetInformer(ctx, namespaceMeta()); err != nil {
+		return fmt.Errorf("namespace informer: %w", err)
+	}
+	var synced atomic.Bool
+	if err := mgr.Add(runnable(func(ctx context.Context) error {
+		if mgr.GetCache().WaitForCacheSync(ctx) {
+			synced.Store(true)
+		}
+		return nil
+	})); err != nil {
+		return err
+	}
+
+	// GetWebhookServer also adds the server to the manager.
+	mgr.GetWebhookServer().Register(MutatePath, &webhook.Handler{
+		Injector:     injector,
+		Namespaces:   namespaceAnnotations(mgr.GetCache(), &synced, o.namespaceWait, log),
+		Metrics:      webhook.NewMetrics(crmetrics.Registry),
+		Log:          log.WithName("admission"),
+		MaxBodyBytes: o.maxBodyBytes,
+	})
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	// Ready once the serving certificate is loaded (a TLS handshake succeeds) and the
+	// namespace cache is synced, so no admission runs without namespace defaults.
+	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("namespace-cache", func(*http.Request) error {
+		if !synced.Load() {
+			return errors.New("namespace cache not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func (o *serverOptions) restConfig() (*rest.Config, error) {
+	if o.kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	}
+	return ctrl.GetConfig()
+}
+
+// nativeSidecars resolves --native-sidecar: for auto, asks the apiserver its version
+// once at start (native sidecars are on by default from Kubernetes 1.29).
+func nativeSidecars(cfg *rest.Config, mode string) (bool, error) {
+	c := webhook.Config{NativeSidecar: mode}
+	if mode != webhook.NativeSidecarAuto {
+		return c.UseNativeSidecar(false), nil
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return false, err
+	}
+	info, err := dc.ServerVersion()
+	if err != nil {
+		return false, fmt.Errorf("ask the apiserver its version for --native-sidecar=auto: %w", err)
+	}
+	v, err := utilversion.ParseGeneric(info.GitVersion)
+	if err != nil {
+		return false, fmt.Errorf("apiserver version %q: %w", info.GitVersion, err)
+	}
+	return v.AtLeast(utilversion.MajorMinor(1, 29)), nil
+}
+
+var namespaceType = metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}
+
+func namespaceMeta() *metav1.PartialObjectMetadata {
+	return &metav1.PartialObjectMetadata{TypeMeta: namespaceType}
+}
+
+// namespaceAnnotations reads a namespace's annotations from the informer cache. A
+// namespace the cache has not seen yet (created a moment ago) is waited for briefly —
+// still no network I/O — so its defaults are not silently missed.
+func namespaceAnnotations(c cache.Cache, synced *atomic.Bool, wait time.Duration, log logr.Logger) webhook.NamespaceAnnotations {
+	return func(ctx context.Context, name string) map[string]string {
+		deadline := time.Now().Add(wait)
+		for {
+			ns := namespaceMeta()
+			err := c.Get(ctx, types.NamespacedName{Name: name}, ns)
+			switch {
+			case err == nil:
+				return ns.Annotations
+			case !apierrors.IsNotFound(err) && synced.Load():
+				log.Error(err, "read namespace from cache", "namespace", name)
+				return nil
+			case time.Now().After(deadline) || ctx.Err() != nil:
+				log.Info("namespace not in cache; using no namespace defaults", "namespace", name)
+				return nil
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// runnable adapts a function to manager.Runnable.
+type runnable func(context.Context) error
+
+func (r runnable) Start(ctx context.Context) error { return r(ctx) }

@@ -1,0 +1,192 @@
+// Command demo is `make demo`: a real local control plane (etcd + kube-apiserver built
+// from source), podmeta's real binary behind its shipped webhook configuration, an
+// opted-in namespace, and sample pods with a readable account of what each one got.
+// DEMO_KEEP=1 leaves everything running and prints a kubeconfig for kubectl.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/podmeta/podmeta/test/harness"
+	"github.com/podmeta/podmeta/webhook"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+// warnings records what the apiserver tells the client, as kubectl would print it.
+type warnings struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.list = append(w.list, text)
+}
+
+func (w *warnings) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.list
+	w.list = nil
+	return out
+}
+
+func run(ctx context.Context, out io.Writer) error {
+	binary := flag.String("podmeta", filepath.Join(harness.Root(), "bin", "podmeta"), "podmeta binary (make build)")
+	flag.Parse()
+
+	fmt.Fprintln(out, "» starting etcd + kube-apiserver", os.Getenv("KUBEBUILDER_ASSETS"))
+	cp, err := harness.Start()
+	if err != nil {
+		return err
+	}
+	defer cp.Stop()
+	fmt.Fprintln(out, "» starting podmeta webhook (certificates from envtest, failurePolicy Ignore)")
+	pm, err := cp.StartPodmeta(ctx, *binary, "--ambassador-image=ghcr.io/podmeta/ambassador:demo")
+	if err != nil {
+		return err
+	}
+	defer pm.Stop()
+
+	const ns = "demo"
+	fmt.Fprintf(out, "» kubectl label namespace %s %s=enabled\n\n", ns, webhook.LabelInject)
+	if err := cp.EnsureNamespace(ctx, ns, map[string]string{webhook.LabelInject: "enabled"}, nil); err != nil {
+		return err
+	}
+	rec := &warnings{}
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.WarningHandler = rec
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+
+	for _, s := range samples() {
+		fmt.Fprintf(out, "━━ %s\n   %s\n", s.pod.Name, s.about)
+		for _, k := range slices.Sorted(maps.Keys(s.pod.Annotations)) {
+			fmt.Fprintf(out, "   annotation %s: %q\n", k, s.pod.Annotations[k])
+		}
+		got, err := cs.CoreV1().Pods(ns).Create(ctx, s.pod, metav1.CreateOptions{})
+		for _, w := range rec.take() {
+			fmt.Fprintf(out, "   Warning: %s\n", w)
+		}
+		if err != nil {
+			fmt.Fprintf(out, "   ✗ rejected: %v\n\n", err)
+			continue
+		}
+		summarize(out, got)
+		fmt.Fprintln(out)
+	}
+
+	if os.Getenv("DEMO_KEEP") == "" {
+		fmt.Fprintln(out, "» stopping podmeta and the control plane (DEMO_KEEP=1 keeps them running)")
+		return pm.Stop()
+	}
+	_, kubeconfig, err := cp.UserConfig("demo-admin", "system:masters")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "» running; try:\n    export KUBECONFIG=%s\n    kubectl get pods -n %s -o yaml\n  podmeta metrics: http://%s/metrics\n  Ctrl-C stops everything.\n", kubeconfig, ns, pm.MetricsAddr)
+	<-ctx.Done()
+	if err := pm.Stop(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+type sample struct {
+	about string
+	pod   *corev1.Pod
+}
+
+func samples() []sample {
+	app := func(name string, env ...corev1.EnvVar) corev1.Container {
+		return corev1.Container{Name: name, Image: "registry.k8s.io/busybox:1.36", Command: []string{"sleep", "3600"}, Env: env}
+	}
+	withResources := app("client-container", corev1.EnvVar{Name: "ADDR", Value: "$(POD_IP):8080"})
+	withResources.Resources = corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("15m"), corev1.ResourceMemory: resource.MustParse("100Ki")},
+		Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("4Mi")},
+	}
+	pod := func(name string, ann map[string]string, c ...corev1.Container) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann, Labels: map[string]string{"app": name}}, Spec: corev1.PodSpec{Containers: c}}
+	}
+	return []sample{
+		{"The Downward-API docs example, opted in by its namespace only: the default env vars, the metadata volume, a storage request.",
+			pod("downward-api-env", nil, withResources)},
+		{"Two env vars and the metadata volume at a path of the pod's choosing; the pod's own POD_IP is kept, with a warning.",
+			pod("metadata-volume", map[string]string{webhook.AnnotationEnv: "POD_NAME,POD_IP", webhook.AnnotationVolumePath: "/podinfo"},
+				app("app", corev1.EnvVar{Name: "POD_IP", Value: "fixed"}))},
+		{"The ambassador sidecar: plain HTTP to the API server on 127.0.0.1:8001, read-only.",
+			pod("ambassador", map[string]string{webhook.AnnotationAmbassador: "true", webhook.AnnotationEnv: "POD_NAME,POD_NAMESPACE"}, app("app"))},
+		{"Opted out with an annotation: never sent to podmeta (matchConditions).",
+			pod("opted-out", map[string]string{webhook.AnnotationInject: "false"}, app("app"))},
+		{"A typo in an annotation: denied with a message that says what is valid.",
+			pod("invalid", map[string]string{webhook.AnnotationEnv: "POD_NAME,POD_IPP"}, app("app"))},
+	}
+}
+
+// summarize prints what the stored pod got, read back from the apiserver.
+func summarize(out io.Writer, p *corev1.Pod) {
+	raw := p.Annotations[webhook.AnnotationStatus]
+	if raw == "" {
+		fmt.Fprintln(out, "   ✓ created, untouched by podmeta")
+		return
+	}
+	var st webhook.Status
+	_ = json.Unmarshal([]byte(raw), &st)
+	fmt.Fprintln(out, "   ✓ created; podmeta injected:")
+	all := append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...)
+	for _, c := range all {
+		if names := st.Env[c.Name]; len(names) > 0 {
+			fmt.Fprintf(out, "     env     %-20s %s\n", c.Name, strings.Join(names, " "))
+		}
+		if q, ok := c.Resources.Requests[corev1.ResourceEphemeralStorage]; ok && st.EphemeralStorage[c.Name] != nil {
+			fmt.Fprintf(out, "     storage %-20s ephemeral-storage request %s\n", c.Name, q.String())
+		}
+	}
+	for _, v := range p.Spec.Volumes {
+		if v.Name == webhook.VolumeName && st.Volume != "" {
+			var files []string
+			for _, item := range v.DownwardAPI.Items {
+				if !strings.HasPrefix(item.Path, "containers/") {
+					files = append(files, item.Path)
+				}
+			}
+			fmt.Fprintf(out, "     volume  %-20s read-only at %s in %s: %s + %d resource files\n",
+				v.Name, st.Volume, strings.Join(st.Mounts, ", "), strings.Join(files, " "), len(v.DownwardAPI.Items)-len(files))
+		}
+	}
+	if st.Ambassador != "" {
+		c := p.Spec.InitContainers[0]
+		fmt.Fprintf(out, "     sidecar %-20s %s (%s), args %s\n", c.Name, st.Ambassador, c.Image, strings.Join(c.Args, " "))
+	}
+}

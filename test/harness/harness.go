@@ -1,0 +1,283 @@
+// Package harness runs podmeta against a real local control plane: kube-apiserver and
+// etcd built from source into bin/k8s (make k8s), started with controller-runtime's
+// envtest. The integration tests, the benchmarks and `make demo` share it.
+//
+// podmeta runs as its real binary, as its own user with only the RBAC that config/rbac
+// grants, behind the MutatingWebhookConfiguration from config/webhook exactly as shipped
+// except for clientConfig, which points at the local server.
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// PodmetaUser is the identity podmeta runs as: its ServiceAccount, bound by config/rbac.
+const PodmetaUser = "system:serviceaccount:podmeta-system:podmeta"
+
+// Root is the repository root.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// ControlPlane is a running etcd + kube-apiserver.
+type ControlPlane struct {
+	Env       *envtest.Environment
+	Config    *rest.Config // cluster admin
+	Client    client.Client
+	Clientset kubernetes.Interface
+	Dir       string // scratch space, removed by Stop
+}
+
+// Start starts the control plane from $KUBEBUILDER_ASSETS and registers podmeta's
+// webhook configuration, pointed at 127.0.0.1 with envtest's serving certificate.
+func Start() (*ControlPlane, error) {
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
+		return nil, fmt.Errorf("no kube-apiserver in KUBEBUILDER_ASSETS=%q: run `make k8s` (or use `make test`, which does): %w", assets, err)
+	}
+	dir, err := os.MkdirTemp("", "podmeta-cp")
+	if err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		WebhookInstallOptions: envtest.WebhookInstallOptions{
+			Paths:            []string{filepath.Join(Root(), "config", "webhook", "manifests.yaml")},
+			LocalServingHost: "127.0.0.1",
+		},
+	}
+	// envtest turns the ServiceAccount admission plugin off because it has no
+	// controller-manager to create ServiceAccounts. Real clusters run it, and podmeta
+	// relies on what it sets (serviceAccountName), so it is on here and the harness
+	// creates each namespace's "default" ServiceAccount itself.
+	env.ControlPlane.GetAPIServer().Configure().Disable("disable-admission-plugins")
+	cfg, err := env.Start()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start kube-apiserver and etcd: %w", err)
+	}
+	cp := &ControlPlane{Env: env, Config: cfg, Dir: dir}
+	if cp.Client, err = client.New(cfg, client.Options{}); err == nil {
+		cp.Clientset, err = kubernetes.NewForConfig(cfg)
+	}
+	if err == nil {
+		err = cp.Apply(context.Background(), filepath.Join(Root(), "config", "rbac", "role.yaml"))
+	}
+	if err != nil {
+		cp.Stop()
+		return nil, err
+	}
+	return cp, nil
+}
+
+// Stop stops the control plane and removes its files.
+func (cp *ControlPlane) Stop() error {
+	err := cp.Env.Stop()
+	os.RemoveAll(cp.Dir)
+	return err
+}
+
+// Apply creates every object of a YAML file (namespaces of namespaced objects included).
+func (cp *ControlPlane) Apply(ctx context.Context, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		if ns := u.GetNamespace(); ns != "" {
+			if err := cp.EnsureNamespace(ctx, ns, nil, nil); err != nil {
+				return err
+			}
+		}
+		if err := cp.Client.Create(ctx, &u); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("%s: create %s %s: %w", path, u.GetKind(), u.GetName(), err)
+		}
+	}
+}
+
+// EnsureNamespace creates a namespace with its "default" ServiceAccount (there is no
+// controller-manager to create it, and pods cannot be admitted without it).
+func (cp *ControlPlane) EnsureNamespace(ctx context.Context, name string, labels, annotations map[string]string) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Annotations: annotations}}
+	if err := cp.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", name, err)
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: name}}
+	if err := cp.Client.Create(ctx, sa); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create serviceaccount %s/default: %w", name, err)
+	}
+	return nil
+}
+
+// UserConfig returns a rest.Config and a kubeconfig file for a user in groups: with
+// none, what it may do is what RBAC grants it; "system:masters" is cluster admin.
+func (cp *ControlPlane) UserConfig(name string, groups ...string) (*rest.Config, string, error) {
+	u, err := cp.Env.AddUser(envtest.User{Name: name, Groups: groups}, cp.Config)
+	if err != nil {
+		return nil, "", err
+	}
+	kc, err := u.KubeConfig()
+	if err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(cp.Dir, "kubeconfig-"+strconv.Itoa(int(time.Now().UnixNano())))
+	return u.Config(), path, os.WriteFile(path, kc, 0o600)
+}
+
+// Podmeta is a running `podmeta webhook` process.
+type Podmeta struct {
+	Cmd         *exec.Cmd
+	MetricsAddr string
+	ProbeAddr   string
+	Log         *os.File
+	done        chan error
+}
+
+// StartPodmeta runs binary as the webhook envtest registered, with extra flags, and
+// waits until it is ready.
+func (cp *ControlPlane) StartPodmeta(ctx context.Context, binary string, extra ...string) (*Podmeta, error) {
+	_, kubeconfig, err := cp.UserConfig(PodmetaUser)
+	if err != nil {
+		return nil, err
+	}
+	wio := cp.Env.WebhookInstallOptions
+	p := &Podmeta{MetricsAddr: FreeAddr(), ProbeAddr: FreeAddr(), done: make(chan error, 1)}
+	args := append([]string{"webhook",
+		"--kubeconfig=" + kubeconfig,
+		"--host=" + wio.LocalServingHost,
+		"--port=" + strconv.Itoa(wio.LocalServingPort),
+		"--cert-dir=" + wio.LocalServingCertDir,
+		"--metrics-bind-address=" + p.MetricsAddr,
+		"--health-probe-bind-address=" + p.ProbeAddr,
+	}, extra...)
+	if p.Log, err = os.CreateTemp(cp.Dir, "podmeta-*.log"); err != nil {
+		return nil, err
+	}
+	p.Cmd = exec.Command(binary, args...)
+	p.Cmd.Stdout, p.Cmd.Stderr = p.Log, p.Log
+	if err := p.Cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start podmeta: %w", err)
+	}
+	go func() { p.done <- p.Cmd.Wait() }()
+	if err := p.waitReady(ctx, 30*time.Second); err != nil {
+		p.Cmd.Process.Kill()
+		<-p.done
+		logs, _ := os.ReadFile(p.Log.Name())
+		return nil, fmt.Errorf("%w; podmeta log:\n%s", err, logs)
+	}
+	return p, nil
+}
+
+func (p *Podmeta) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case err := <-p.done:
+			p.done <- err
+			return fmt.Errorf("podmeta exited before it was ready: %v", err)
+		default:
+		}
+		resp, err := http.Get("http://" + p.ProbeAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("podmeta not ready after %s (last: %v)", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Stop sends SIGTERM and waits for a clean exit; it returns the exit error, if any.
+func (p *Podmeta) Stop() error {
+	if p.Cmd.ProcessState == nil {
+		p.Cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(70 * time.Second):
+		p.Cmd.Process.Kill()
+		return errors.New("podmeta did not exit within 70s of SIGTERM")
+	}
+}
+
+// Metrics returns the text of podmeta's /metrics.
+func (p *Podmeta) Metrics() (string, error) {
+	resp, err := http.Get("http://" + p.MetricsAddr + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// Logs returns what podmeta wrote so far.
+func (p *Podmeta) Logs() string {
+	b, _ := os.ReadFile(p.Log.Name())
+	return string(b)
+}
+
+// FreeAddr returns a free 127.0.0.1 address.
+func FreeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// BuildPodmeta builds cmd/podmeta into dir and returns the binary's path.
+func BuildPodmeta(dir string) (string, error) {
+	bin := filepath.Join(dir, "podmeta")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/podmeta")
+	cmd.Dir = Root()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build podmeta: %w\n%s", err, out)
+	}
+	return bin, nil
+}

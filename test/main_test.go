@@ -1,0 +1,58 @@
+// Package test holds the integration tests: podmeta's real binary behind its shipped
+// webhook configuration on a real kube-apiserver + etcd (see package harness).
+package test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/podmeta/podmeta/test/harness"
+)
+
+// The control plane and podmeta are started once for the package, as in
+// open-policy-agent/cert-controller: starting etcd + kube-apiserver costs seconds.
+var (
+	cp      *harness.ControlPlane
+	binary  string
+	podmeta *harness.Podmeta
+)
+
+// podmetaFlags are the operator flags every test server runs with.
+var podmetaFlags = []string{"--ambassador-image=registry.example.com/podmeta/ambassador:test", "--zap-log-level=debug"}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "podmeta-it")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if binary, err = harness.BuildPodmeta(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if cp, err = harness.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cp.Stop()
+	if podmeta, err = cp.StartPodmeta(context.Background(), binary, podmetaFlags...); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := m.Run()
+	if err := podmeta.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "podmeta did not stop cleanly: %v\n%s", err, podmeta.Logs())
+		return 1
+	}
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "--- podmeta log ---\n%s", podmeta.Logs())
+	}
+	return code
+}

@@ -1,0 +1,76 @@
+package webhook
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Results of an admission, the label of podmeta_admissions_total.
+const (
+	ResultInjected = "injected" // the pod got a non-empty patch
+	ResultSkipped  = "skipped"  // allowed untouched: opted out, excluded, nothing to add, not a pod CREATE
+	ResultDenied   = "denied"   // an invalid podmeta annotation or port clash
+	ResultError    = "error"    // a malformed request or a bug; never a panic
+)
+
+// Features, the label of podmeta_injections_total and podmeta_conflicts_total.
+const (
+	FeatureEnv        = "env"
+	FeatureVolume     = "volume"
+	FeatureMount      = "mount"
+	FeatureStorage    = "ephemeral-storage"
+	FeatureAmbassador = "ambassador"
+	FeatureConfig     = "config" // unknown annotation keys, unknown container names
+)
+
+// Metrics are podmeta's own Prometheus series. controller-runtime's webhook server adds
+// its request counters and latency histograms around the handler.
+type Metrics struct {
+	Admissions *prometheus.CounterVec
+	Injections *prometheus.CounterVec
+	Conflicts  *prometheus.CounterVec
+}
+
+// NewMetrics creates the series and registers them with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmeta_admissions_total",
+			Help: "Pod admission requests answered, by result: injected, skipped, denied, error.",
+		}, []string{"result"}),
+		Injections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmeta_injections_total",
+			Help: "Pods that got a feature injected, by feature: env, volume, mount, ephemeral-storage, ambassador.",
+		}, []string{"feature"}),
+		Conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podmeta_conflicts_total",
+			Help: "Things podmeta kept as the pod defined them, or could not add, by feature.",
+		}, []string{"feature"}),
+	}
+	// Series exist from the start, so rate() and alerts see zeros rather than nothing.
+	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError} {
+		m.Admissions.WithLabelValues(r)
+	}
+	for _, f := range []string{FeatureEnv, FeatureVolume, FeatureMount, FeatureStorage, FeatureAmbassador} {
+		m.Injections.WithLabelValues(f)
+		m.Conflicts.WithLabelValues(f)
+	}
+	m.Conflicts.WithLabelValues(FeatureConfig)
+	if reg != nil {
+		reg.MustRegister(m.Admissions, m.Injections, m.Conflicts)
+	}
+	return m
+}
+
+// observe counts one planned pod.
+func (m *Metrics) observe(p *Plan) {
+	st := p.Status
+	for feature, injected := range map[string]bool{
+		FeatureEnv: len(st.Env) > 0, FeatureVolume: st.Volume != "", FeatureMount: len(st.Mounts) > 0,
+		FeatureStorage: len(st.EphemeralStorage) > 0, FeatureAmbassador: st.Ambassador != "",
+	} {
+		if injected {
+			m.Injections.WithLabelValues(feature).Inc()
+		}
+	}
+	for feature, n := range p.Conflicts {
+		m.Conflicts.WithLabelValues(feature).Add(float64(n))
+	}
+}
