@@ -31,6 +31,7 @@ test: vet k8s ## Run every test: engine goldens, CLI, fuzzing, integration on a 
 	go test -count=1 ./...
 	# Minimizing a new input can take the whole budget with Go's 60 s default; keep it short.
 	go test -count=1 -run '^$$' -fuzz '^FuzzPlan$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./webhook
+	go test -count=1 -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./webhook
 
 ##@ Development
 
@@ -57,8 +58,10 @@ golden: ## Rewrite the engine's golden files (review the diff!).
 	go test ./webhook -run TestGolden -update
 
 .PHONY: bench
-bench: ## Run the engine microbenchmarks (benchstat-comparable).
-	go test -run '^$$' -bench . -benchmem -count 6 ./webhook
+bench: k8s ## Load benchmark (podmeta vs floor vs baseline, through the apiserver, overload) and microbenchmarks.
+	go run ./test/bench/load
+	@echo; echo "## Microbenchmarks (compare runs with benchstat)"; echo
+	go test -run '^$$' -bench . -benchmem -count 6 ./webhook | tee $(BIN)/bench-micro.txt
 
 ##@ Tools (cached in bin/)
 

@@ -13,7 +13,6 @@ import (
 	"sync"
 
 	"github.com/go-logr/logr"
-	sigsjson "sigs.k8s.io/json"
 )
 
 // DefaultMaxBodyBytes bounds an AdmissionReview body. The apiserver's own limit for an
@@ -36,10 +35,18 @@ type Handler struct {
 	Metrics      *Metrics             // nil: not counted
 	Log          logr.Logger
 	MaxBodyBytes int64 // 0: DefaultMaxBodyBytes
+	// MaxInFlight bounds the requests served at once; excess is refused at once with
+	// HTTP 429 instead of queueing past the apiserver's timeout (which would fail every
+	// request, not just the excess). 0: no bound.
+	MaxInFlight int
+
+	slotsOnce sync.Once
+	slots     chan struct{}
 }
 
 // review is the part of an AdmissionReview (v1 or v1beta1, which share this shape) the
-// handler reads. The object decodes straight into a podView, in the same pass.
+// handler reads. The object decodes straight into a podView, in the same pass: no
+// RawExtension copy, no second decode of the pod, no typed corev1.Pod.
 type review struct {
 	APIVersion string         `json:"apiVersion"`
 	Kind       string         `json:"kind"`
@@ -101,6 +108,16 @@ func (e *httpError) Error() string { return e.msg }
 var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.acquire() {
+		h.count(ResultError)
+		if h.Metrics != nil {
+			h.Metrics.Shed.Inc()
+		}
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "podmeta: too many admission requests in flight", http.StatusTooManyRequests)
+		return
+	}
+	defer h.release()
 	log := h.Log
 	defer func() {
 		if v := recover(); v != nil {
@@ -140,6 +157,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body.Bytes())
 }
 
+func (h *Handler) acquire() bool {
+	if h.MaxInFlight <= 0 {
+		return true
+	}
+	h.slotsOnce.Do(func() { h.slots = make(chan struct{}, h.MaxInFlight) })
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (h *Handler) release() {
+	if h.MaxInFlight > 0 {
+		<-h.slots
+	}
+}
+
 func (h *Handler) count(result string) {
 	if h.Metrics != nil {
 		h.Metrics.Admissions.WithLabelValues(result).Inc()
@@ -169,7 +205,7 @@ func (h *Handler) admit(r *http.Request, body *bytes.Buffer, log *logr.Logger) (
 	}
 
 	var rev review
-	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(body.Bytes(), &rev); err != nil {
+	if err := unmarshal(body.Bytes(), &rev); err != nil {
 		return h.notAPod(body.Bytes(), err)
 	}
 	if err := checkReview(rev.APIVersion, rev.Kind, rev.Request != nil, rev.Request != nil && rev.Request.UID != ""); err != nil {

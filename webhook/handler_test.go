@@ -65,6 +65,7 @@ func serve(t *testing.T, h *Handler, contentType string, body []byte) served {
 }
 
 func testHandler(t testing.TB) (*Handler, *Metrics) {
+	t.Helper()
 	m := NewMetrics(prometheus.NewRegistry())
 	return &Handler{Injector: testInjector(t), Metrics: m, Log: logr.Discard()}, m
 }

@@ -26,6 +26,7 @@ type Metrics struct {
 	Admissions *prometheus.CounterVec
 	Injections *prometheus.CounterVec
 	Conflicts  *prometheus.CounterVec
+	Shed       prometheus.Counter
 }
 
 // NewMetrics creates the series and registers them with reg (nil: not registered).
@@ -43,6 +44,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "podmeta_conflicts_total",
 			Help: "Things podmeta kept as the pod defined them, or could not add, by feature.",
 		}, []string{"feature"}),
+		Shed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "podmeta_shed_total",
+			Help: "Admission requests refused with HTTP 429 because --max-in-flight were already being served (also counted as result=error).",
+		}),
 	}
 	// Series exist from the start, so rate() and alerts see zeros rather than nothing.
 	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError} {
@@ -54,7 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.Conflicts.WithLabelValues(FeatureConfig)
 	if reg != nil {
-		reg.MustRegister(m.Admissions, m.Injections, m.Conflicts)
+		reg.MustRegister(m.Admissions, m.Injections, m.Conflicts, m.Shed)
 	}
 	return m
 }

@@ -48,6 +48,7 @@ type serverOptions struct {
 	metricsAddr       string
 	probeAddr         string
 	maxBodyBytes      int64
+	maxInFlight       int
 	namespaceWait     time.Duration
 	gracefulShutdown  time.Duration
 	zap               zap.Options
@@ -68,6 +69,7 @@ func defaultServerOptions() *serverOptions {
 		metricsAddr:      ":8080",
 		probeAddr:        ":8081",
 		maxBodyBytes:     webhook.DefaultMaxBodyBytes,
+		maxInFlight:      100,
 		namespaceWait:    time.Second,
 		gracefulShutdown: 30 * time.Second,
 		cfg:              webhook.DefaultConfig(),
@@ -85,6 +87,7 @@ func (o *serverOptions) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", o.metricsAddr, "Prometheus /metrics address; 0 disables")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", o.probeAddr, "/healthz and /readyz address")
 	fs.Int64Var(&o.maxBodyBytes, "max-request-bytes", o.maxBodyBytes, "largest AdmissionReview body accepted (413 above)")
+	fs.IntVar(&o.maxInFlight, "max-in-flight", o.maxInFlight, "admission requests served at once; more are refused at once with 429 (0: no limit)")
 	fs.DurationVar(&o.namespaceWait, "namespace-wait", o.namespaceWait, "how long a request waits for a namespace the cache has not seen yet")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish after SIGTERM")
 	o.zap.BindFlags(fs)
@@ -172,6 +175,7 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		Metrics:      webhook.NewMetrics(crmetrics.Registry),
 		Log:          log.WithName("admission"),
 		MaxBodyBytes: o.maxBodyBytes,
+		MaxInFlight:  o.maxInFlight,
 	})
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
