@@ -47,6 +47,15 @@ func (r *recorder) HandleWarningHeader(_ int, _ string, text string) {
 	r.warnings = append(r.warnings, text)
 }
 
+// take returns the warnings so far and forgets them.
+func (r *recorder) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.warnings
+	r.warnings = nil
+	return out
+}
+
 func (r *recorder) all() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
