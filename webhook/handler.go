@@ -135,7 +135,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	resp, err := h.admit(r, body, &log)
+	patch := buffers.Get().(*bytes.Buffer)
+	patch.Reset()
+	defer func() {
+		if patch.Cap() <= 1<<20 {
+			buffers.Put(patch)
+		}
+	}()
+
+	resp, err := h.admit(r, body, patch, &log)
 	if err != nil {
 		var he *httpError
 		if !errors.As(err, &he) {
@@ -182,9 +190,9 @@ func (h *Handler) count(result string) {
 	}
 }
 
-// admit reads the review from r into body and decides. log gains the request's uid,
-// namespace and pod name for every line after it.
-func (h *Handler) admit(r *http.Request, body *bytes.Buffer, log *logr.Logger) (*reviewResponse, error) {
+// admit reads the review from r into body and decides, writing any patch into patch.
+// log gains the request's uid, namespace and pod name for every line after it.
+func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Logger) (*reviewResponse, error) {
 	if r.Method != http.MethodPost {
 		return nil, &httpError{http.StatusMethodNotAllowed, "only POST is allowed"}
 	}
@@ -246,12 +254,13 @@ func (h *Handler) admit(r *http.Request, body *bytes.Buffer, log *logr.Logger) (
 		h.count(ResultSkipped)
 		return resp, nil
 	}
-	patch, err := plan.PatchJSON()
-	if err != nil {
+	if err := plan.WritePatchJSON(patch); err != nil {
 		return nil, err
 	}
-	resp.Response.Patch, resp.Response.PatchType = patch, "JSONPatch"
-	log.V(1).Info("injected", "status", plan.Status.String(), "warnings", len(plan.Warnings), "dryRun", req.DryRun != nil && *req.DryRun)
+	resp.Response.Patch, resp.Response.PatchType = patch.Bytes(), "JSONPatch"
+	if v := log.V(1); v.Enabled() { // Status.String costs a marshal: only when logged
+		v.Info("injected", "status", plan.Status.String(), "warnings", len(plan.Warnings), "dryRun", req.DryRun != nil && *req.DryRun)
+	}
 	if h.Metrics != nil {
 		h.Metrics.observe(plan)
 	}

@@ -241,14 +241,19 @@ var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 
 func intOrPort(p int) intstr.IntOrString { return intstr.FromInt32(int32(p)) }
 
-// PatchJSON is Patch serialized, as an AdmissionResponse carries it. It writes each
-// operation's envelope itself: jsonpatch.Operation's own MarshalJSON marshals every
-// operation twice over (once inside, once compacting the result), which costs more than
-// the whole plan.
+// PatchJSON is Patch serialized, as an AdmissionResponse carries it.
 func (p *Plan) PatchJSON() ([]byte, error) {
 	var buf bytes.Buffer
-	buf.Grow(8192)
-	enc := json.NewEncoder(&buf)
+	err := p.WritePatchJSON(&buf)
+	return buf.Bytes(), err
+}
+
+// WritePatchJSON writes Patch serialized into buf (the handler passes a pooled one). It
+// writes each operation's envelope itself: jsonpatch.Operation's own MarshalJSON
+// marshals every operation twice over (once inside, once compacting the result), which
+// costs more than the whole plan.
+func (p *Plan) WritePatchJSON(buf *bytes.Buffer) error {
+	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false)
 	buf.WriteByte('[')
 	for i, op := range p.Patch() {
@@ -259,11 +264,11 @@ func (p *Plan) PatchJSON() ([]byte, error) {
 		buf.Write(strconv.AppendQuote(buf.AvailableBuffer(), op.Path)) // paths are ASCII: indexes, DNS names, escaped keys
 		buf.WriteString(`,"value":`)
 		if err := enc.Encode(op.Value); err != nil {
-			return nil, fmt.Errorf("marshal %s: %w", op.Path, err)
+			return fmt.Errorf("marshal %s: %w", op.Path, err)
 		}
 		buf.Truncate(buf.Len() - 1) // Encode's newline
 		buf.WriteByte('}')
 	}
 	buf.WriteByte(']')
-	return buf.Bytes(), nil
+	return nil
 }
