@@ -20,7 +20,7 @@ var (
 )
 
 // podmetaFlags are the operator flags every test server runs with.
-var podmetaFlags = []string{"--ambassador-image=registry.example.com/podmeta/ambassador:test", "--zap-log-level=debug"}
+var podmetaFlags = []string{"--ambassador-image=registry.example.com/podmeta/ambassador:test", "--zap-log-level=debug", "--shutdown-delay=500ms"}
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"github.com/go-logr/logr"
 )
@@ -42,7 +43,14 @@ type Handler struct {
 
 	slotsOnce sync.Once
 	slots     chan struct{}
+	draining  atomic.Bool
 }
+
+// Drain makes every later response close its connection ("Connection: close"). A
+// server about to stop calls it first: the apiserver then moves to other replicas one
+// completed request at a time, instead of finding its kept-alive connections closed
+// under a request it already sent (which fails that admission).
+func (h *Handler) Drain() { h.draining.Store(true) }
 
 // review is the part of an AdmissionReview (v1 or v1beta1, which share this shape) the
 // handler reads. The object decodes straight into a podView, in the same pass: no
@@ -118,6 +126,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.release()
+	if h.draining.Load() {
+		w.Header().Set("Connection", "close")
+	}
 	log := h.Log
 	defer func() {
 		if v := recover(); v != nil {

@@ -2,16 +2,20 @@ package webhook
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // FuzzHandler sends arbitrary bodies to the HTTP handler: whatever the bytes, the answer
@@ -195,5 +199,53 @@ func TestOperationsOtherThanCreate(t *testing.T) {
 		if s.code != 200 || !s.review.Response.Allowed || len(s.review.Response.Patch) != 0 {
 			t.Errorf("%s: HTTP %d allowed=%v patch=%s", op, s.code, s.review.Response.Allowed, s.review.Response.Patch)
 		}
+	}
+}
+
+// Overload (many more concurrent requests than MaxInFlight) neither crashes the handler
+// nor leaks goroutines: once the clients are gone, the goroutine count is back.
+func TestOverloadNoLeak(t *testing.T) {
+	h, m := testHandler(t)
+	h.MaxInFlight = 4
+	// Each admission takes 10 ms, so 64 clients offer 16x what 4 slots can serve.
+	h.Namespaces = func(context.Context, string) map[string]string { time.Sleep(10 * time.Millisecond); return nil }
+	srv := httptest.NewTLSServer(h)
+	base := runtime.NumGoroutine()
+	body := recorded(t, "typical", nil)
+	client := srv.Client()
+	client.Transport.(*http.Transport).MaxIdleConnsPerHost = 64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(2 * time.Second)
+	for range 64 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				resp, err := client.Post(srv.URL, "application/json", bytes.NewReader(body))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 && resp.StatusCode != http.StatusTooManyRequests {
+					t.Errorf("HTTP %d under overload", resp.StatusCode)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	client.CloseIdleConnections()
+	srv.Close()
+	ok := testutil.ToFloat64(m.Admissions.WithLabelValues(ResultInjected))
+	shed := testutil.ToFloat64(m.Shed)
+	t.Logf("served %v, shed %v", ok, shed)
+	if ok == 0 || shed == 0 {
+		t.Errorf("served %v, shed %v: want both under 16x overload", ok, shed)
+	}
+	for end := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > base+2; {
+		if time.Now().After(end) {
+			t.Fatalf("%d goroutines after the overload, %d before", runtime.NumGoroutine(), base)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

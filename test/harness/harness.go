@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,6 +50,8 @@ type ControlPlane struct {
 	Client    client.Client
 	Clientset kubernetes.Interface
 	Dir       string // scratch space, removed by Stop
+
+	restarted []*exec.Cmd // kube-apiservers RestartAPIServer started
 }
 
 // Start starts the control plane from $KUBEBUILDER_ASSETS and registers podmeta's
@@ -73,7 +76,15 @@ func Start() (*ControlPlane, error) {
 	// controller-manager to create ServiceAccounts. Real clusters run it, and podmeta
 	// relies on what it sets (serviceAccountName), so it is on here and the harness
 	// creates each namespace's "default" ServiceAccount itself.
-	env.ControlPlane.GetAPIServer().Configure().Disable("disable-admission-plugins")
+	apiserver := env.ControlPlane.GetAPIServer()
+	apiserver.Configure().Disable("disable-admission-plugins")
+	// A fixed certificate directory (envtest picks a fresh one per start otherwise)
+	// lets a test restart the apiserver with the same serving certificate and
+	// service-account keys, as a real apiserver restart keeps them.
+	apiserver.CertDir = filepath.Join(dir, "apiserver")
+	if err := os.MkdirAll(apiserver.CertDir, 0o700); err != nil {
+		return nil, err
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		os.RemoveAll(dir)
@@ -95,6 +106,9 @@ func Start() (*ControlPlane, error) {
 
 // Stop stops the control plane and removes its files.
 func (cp *ControlPlane) Stop() error {
+	for _, c := range cp.restarted {
+		_ = c.Process.Kill()
+	}
 	err := cp.Env.Stop()
 	os.RemoveAll(cp.Dir)
 	return err
@@ -280,4 +294,75 @@ func BuildPodmeta(dir string) (string, error) {
 		return "", fmt.Errorf("build podmeta: %w\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// RestartAPIServer kills kube-apiserver (as a crash would) and starts it again with
+// the same binary, flags and certificates, then waits until it is ready. envtest
+// cannot restart it in place (it would pick new certificates), so the harness re-runs
+// the process itself and stops it in Stop.
+func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
+	pid, args, err := findProcess("kube-apiserver", cp.Env.ControlPlane.APIServer.CertDir)
+	if err != nil {
+		return err
+	}
+	p, _ := os.FindProcess(pid)
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(30 * time.Second); processAlive(pid); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kube-apiserver %d did not die", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("restart kube-apiserver: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	cp.restarted = append(cp.restarted, cmd)
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		body, err := cp.Clientset.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err == nil && string(body) == "ok" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kube-apiserver not ready after restart: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// findProcess finds a running process by binary name and a string in its arguments.
+func findProcess(name, argContains string) (int, []string, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, nil, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(raw) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+		if filepath.Base(args[0]) == name && strings.Contains(string(raw), argContains) {
+			return pid, args, nil
+		}
+	}
+	return 0, nil, fmt.Errorf("no %s process with %q in its arguments", name, argContains)
+}
+
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie (state Z) is dead; it only waits for its parent to reap it.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
 }
