@@ -44,8 +44,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/podmeta/podmeta/test/harness"
 	"github.com/podmeta/podmeta/webhook"
@@ -73,6 +75,7 @@ func main() {
 	flag.BoolVar(&o.skipAPI, "skip-apiserver", false, "skip the through-the-apiserver phase")
 	flag.StringVar(&o.probeRates, "probe-rates", "", "only measure podmeta's open loop at these comma-separated rates (diagnostics)")
 	flag.Parse()
+	ctrllog.SetLogger(logr.Discard())
 	if err := pin(); err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
 		os.Exit(1)

@@ -21,6 +21,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -33,6 +34,7 @@ func main() {
 	certDir := flag.String("cert-dir", "", "directory with tls.crt and tls.key")
 	maxInFlight := flag.Int("max-in-flight", 0, "podmeta's in-flight limit (0: none)")
 	flag.Parse()
+	ctrllog.SetLogger(logr.Discard()) // the benchmark measures serving, not logging
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *mode, *port, *certDir, *maxInFlight); err != nil {
