@@ -1,13 +1,19 @@
 # podmeta — run `make help` for the targets.
 
 K8S_VERSION ?= v1.37.2
+HELM_VERSION ?= v4.3.1
+IMAGE_REPO ?= ghcr.io/podmeta
+ARCH ?= $(shell go env GOARCH)
+KUBECTL ?= kubectl
 GOLANGCI_LINT_VERSION ?= v2.15.0
 FUZZTIME ?= 15s
 
 BIN := $(CURDIR)/bin
 K8S_BIN := $(BIN)/k8s/$(K8S_VERSION)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+IMAGE_TAG ?= $(VERSION)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Integration tests and the demo start kube-apiserver + etcd from here via envtest.
 export KUBEBUILDER_ASSETS := $(K8S_BIN)
@@ -27,7 +33,7 @@ demo: build k8s ## Start a local control plane and podmeta, inject sample pods, 
 	go run ./test/demo
 
 .PHONY: test
-test: vet k8s ## Run every test: engine goldens, CLI, fuzzing, integration on a real apiserver.
+test: vet k8s $(BIN)/helm ## Run every test: engine goldens, CLI, fuzzing, integration on a real apiserver.
 	go test -count=1 ./...
 	# Minimizing a new input can take the whole budget with Go's 60 s default; keep it short.
 	go test -count=1 -run '^$$' -fuzz '^FuzzPlan$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./webhook
@@ -63,7 +69,40 @@ bench: k8s ## Load benchmark (podmeta vs floor vs baseline, through the apiserve
 	@echo; echo "## Microbenchmarks (compare runs with benchstat)"; echo
 	go test -run '^$$' -bench . -benchmem -count 6 ./webhook | tee $(BIN)/bench-micro.txt
 
+##@ Deployment
+
+.PHONY: image
+image: ## Build the podmeta and ambassador images with Docker.
+	docker build --target podmeta --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE_REPO)/podmeta:$(IMAGE_TAG) .
+	docker build --target ambassador --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE_REPO)/ambassador:$(IMAGE_TAG) .
+
+.PHONY: image-tar
+image-tar: ## Build image tarballs without Docker into bin/images (docker load, kind load image-archive, ctr images import).
+	@for cmd in podmeta ambassador; do \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$(ARCH) go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/linux-$(ARCH)/$$cmd ./cmd/$$cmd || exit 1; \
+	  go run ./hack/imagetar -binary $(BIN)/linux-$(ARCH)/$$cmd -arch $(ARCH) -tag $(IMAGE_REPO)/$$cmd:$(IMAGE_TAG) -o $(BIN)/images/$$cmd-$(ARCH).tar || exit 1; \
+	done
+
+.PHONY: deploy
+deploy: ## Install podmeta with cert-manager into the current kubectl context (config/default).
+	$(KUBECTL) apply -k config/default
+
+.PHONY: undeploy
+undeploy: ## Remove what make deploy installed.
+	$(KUBECTL) delete -k config/default --ignore-not-found
+
+.PHONY: chart-golden
+chart-golden: ## Rewrite the Helm chart's golden renderings (review the diff!).
+	go test ./test -run TestChartGolden -update-chart
+
 ##@ Tools (cached in bin/)
+
+.PHONY: helm
+helm: $(BIN)/helm ## Install helm $(HELM_VERSION) into bin/.
+
+$(BIN)/helm:
+	GOBIN=$(BIN) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
 
 .PHONY: k8s
 k8s: ## Build kube-apiserver, etcd and kubectl $(K8S_VERSION) from source into bin/k8s (minutes cold, instant after).
