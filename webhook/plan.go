@@ -163,7 +163,7 @@ func (in *Injector) plan(pod *podView, namespace string, nsAnnotations map[strin
 		p.Skipped = AnnotationInject + " is false"
 		return p, nil
 	}
-	p.Warnings = append(w1, w2...)
+	p.Warnings = slices.Concat(w1, w2)
 	if n := len(p.Warnings); n > 0 {
 		p.Conflicts = map[string]int{FeatureConfig: n}
 	}

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
@@ -86,8 +87,3 @@ func decodePod(raw []byte) (*podView, error) {
 var decodeOptions = jsonv2.JoinOptions(jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
 
 func unmarshal(data []byte, v any) error { return jsonv2.Unmarshal(data, v, decodeOptions) }
-
-// isNativeSidecar reports whether an init container keeps running beside the app.
-func (c *containerView) isNativeSidecar() bool {
-	return c.RestartPolicy == string(corev1.ContainerRestartPolicyAlways)
-}

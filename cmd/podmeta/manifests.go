@@ -85,13 +85,13 @@ func (d *document) String() string { return d.kind + "/" + d.name }
 // planManifests reads every document of o.file and plans those that carry a pod. Denials
 // are collected, so one run reports every invalid document.
 func planManifests(in *webhook.Injector, o *offlineOptions, stdin io.Reader) ([]*document, error) {
-	var r io.Reader = stdin
+	r := stdin
 	if o.file != "-" {
 		f, err := os.Open(o.file)
 		if err != nil {
 			return nil, err
 		}
-		defer f.Close()
+		defer f.Close() //nolint:errcheck // read-only
 		r = f
 	}
 	var docs []*document
@@ -241,7 +241,9 @@ func runExplain(_ context.Context, args []string, s streams) error {
 		tw := tabwriter.NewWriter(s.out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  WHAT\tWHERE\tRESULT")
 		explain(tw, d.plan)
-		tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 		fmt.Fprintln(s.out)
 	}
 	return nil

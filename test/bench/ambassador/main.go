@@ -299,7 +299,7 @@ func (p *proxy) start(bin string, portLine *regexp.Regexp, args ...string) error
 		return nil
 	case err := <-p.done:
 		p.done <- err
-		return fmt.Errorf("%s exited at start: %v", p.name, err)
+		return fmt.Errorf("%s exited at start: %w", p.name, err)
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("%s printed no listen address within 30s", p.name)
 	}

@@ -108,7 +108,7 @@ func run(o options) error {
 	defer os.RemoveAll(dir)
 	server := filepath.Join(dir, "server")
 	if out, err := exec.Command("go", "build", "-o", server, "./test/bench/server").CombinedOutput(); err != nil {
-		return fmt.Errorf("build server: %v\n%s", err, out)
+		return fmt.Errorf("build server: %w\n%s", err, out)
 	}
 	pool, err := writeCert(dir)
 	if err != nil {

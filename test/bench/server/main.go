@@ -36,8 +36,9 @@ func main() {
 	flag.Parse()
 	ctrllog.SetLogger(logr.Discard()) // the benchmark measures serving, not logging
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, *mode, *port, *certDir, *maxInFlight); err != nil {
+	err := run(ctx, *mode, *port, *certDir, *maxInFlight)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "server:", err)
 		os.Exit(1)
 	}
