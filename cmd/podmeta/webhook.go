@@ -31,6 +31,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/podmeta/podmeta/certs"
 	"github.com/podmeta/podmeta/webhook"
 )
 
@@ -39,20 +40,20 @@ const MutatePath = "/mutate-v1-pod"
 
 // serverOptions are the webhook server's flags; the injection defaults are webhook.Config's.
 type serverOptions struct {
-	kubeconfig        string
-	namespace         string
-	host              string
-	port              int
-	certDir           string
-	certName, keyName string
-	metricsAddr       string
-	probeAddr         string
-	maxBodyBytes      int64
-	maxInFlight       int
-	namespaceWait     time.Duration
-	gracefulShutdown  time.Duration
-	zap               zap.Options
-	cfg               webhook.Config
+	kubeconfig       string
+	namespace        string
+	host             string
+	port             int
+	metricsAddr      string
+	probeAddr        string
+	maxBodyBytes     int64
+	maxInFlight      int
+	namespaceWait    time.Duration
+	gracefulShutdown time.Duration
+	shutdownDelay    time.Duration
+	zap              zap.Options
+	cfg              webhook.Config
+	certs            certs.Config
 }
 
 func defaultServerOptions() *serverOptions {
@@ -63,16 +64,15 @@ func defaultServerOptions() *serverOptions {
 	return &serverOptions{
 		namespace:        ns,
 		port:             9443,
-		certDir:          "/tmp/k8s-webhook-server/serving-certs",
-		certName:         "tls.crt",
-		keyName:          "tls.key",
 		metricsAddr:      ":8080",
 		probeAddr:        ":8081",
 		maxBodyBytes:     webhook.DefaultMaxBodyBytes,
 		maxInFlight:      100,
 		namespaceWait:    time.Second,
 		gracefulShutdown: 30 * time.Second,
+		shutdownDelay:    5 * time.Second,
 		cfg:              webhook.DefaultConfig(),
+		certs:            certs.DefaultConfig(),
 	}
 }
 
@@ -81,17 +81,16 @@ func (o *serverOptions) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.namespace, "namespace", o.namespace, "podmeta's own namespace, never mutated (default $POD_NAMESPACE)")
 	fs.StringVar(&o.host, "host", o.host, "address the webhook server binds (default: all)")
 	fs.IntVar(&o.port, "port", o.port, "webhook server HTTPS port")
-	fs.StringVar(&o.certDir, "cert-dir", o.certDir, "directory with the serving certificate and key (reloaded when they change)")
-	fs.StringVar(&o.certName, "cert-name", o.certName, "serving certificate file in --cert-dir")
-	fs.StringVar(&o.keyName, "key-name", o.keyName, "serving key file in --cert-dir")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", o.metricsAddr, "Prometheus /metrics address; 0 disables")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", o.probeAddr, "/healthz and /readyz address")
 	fs.Int64Var(&o.maxBodyBytes, "max-request-bytes", o.maxBodyBytes, "largest AdmissionReview body accepted (413 above)")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", o.maxInFlight, "admission requests served at once; more are refused at once with 429 (0: no limit)")
 	fs.DurationVar(&o.namespaceWait, "namespace-wait", o.namespaceWait, "how long a request waits for a namespace the cache has not seen yet")
-	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish after SIGTERM")
+	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish once the server stops")
+	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", o.shutdownDelay, "after SIGTERM, keep serving this long, not ready and closing each connection after its response, so the apiserver moves to other replicas before this one stops")
 	o.zap.BindFlags(fs)
 	o.cfg.AddFlags(fs)
+	o.certs.AddFlags(fs)
 }
 
 func runWebhook(ctx context.Context, args []string, s streams) error {
@@ -108,7 +107,8 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	if !slices.Contains(o.cfg.ExcludedNamespaces, o.namespace) {
 		o.cfg.ExcludedNamespaces = append(o.cfg.ExcludedNamespaces, o.namespace)
 	}
-	if err := o.cfg.Validate(); err != nil {
+	o.certs.Namespace = o.namespace
+	if err := errors.Join(o.cfg.Validate(), o.certs.Validate()); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	o.zap.DestWriter = s.err
@@ -132,9 +132,16 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	if err := corev1.AddToScheme(scheme); err != nil {
 		return err
 	}
+	// The serving certificate comes from certs in every mode (self-managed, or files
+	// reloaded by certwatcher), so the server's own CertDir watcher is not used.
+	certSource, err := certs.New(o.certs, restCfg, crmetrics.Registry, log.WithName("certs"))
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
 	server := crwebhook.NewServer(crwebhook.Options{
-		Host: o.host, Port: o.port, CertDir: o.certDir, CertName: o.certName, KeyName: o.keyName,
+		Host: o.host, Port: o.port,
 		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+			c.GetCertificate = certSource.GetCertificate
 			c.MinVersion = tls.VersionTLS12
 			// HTTP/2 off: its stream multiplexing exposed servers to the "Rapid Reset" and
 			// stream-cancellation CVEs (CVE-2023-44487, CVE-2023-39325), and the apiserver
@@ -154,6 +161,9 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	if err := mgr.Add(certSource); err != nil {
+		return err
+	}
 	// Start the namespace informer with the manager, not at the first request.
 	if _, err := mgr.GetCache().GetInformer(ctx, namespaceMeta()); err != nil {
 		return fmt.Errorf("namespace informer: %w", err)
@@ -168,21 +178,35 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		return err
 	}
 
-	// GetWebhookServer also adds the server to the manager.
-	mgr.GetWebhookServer().Register(MutatePath, &webhook.Handler{
+	handler := &webhook.Handler{
 		Injector:     injector,
 		Namespaces:   namespaceAnnotations(mgr.GetCache(), &synced, o.namespaceWait, log),
 		Metrics:      webhook.NewMetrics(crmetrics.Registry),
 		Log:          log.WithName("admission"),
 		MaxBodyBytes: o.maxBodyBytes,
 		MaxInFlight:  o.maxInFlight,
-	})
+	}
+	// GetWebhookServer also adds the server to the manager.
+	mgr.GetWebhookServer().Register(MutatePath, handler)
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
-	// Ready once the serving certificate is loaded (a TLS handshake succeeds) and the
-	// namespace cache is synced, so no admission runs without namespace defaults.
+	// Ready once the serving certificate is loaded (a TLS handshake succeeds), trusted
+	// by the caBundle (self-managed mode) and the namespace cache is synced, so no
+	// admission runs without namespace defaults.
 	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("certificate", certSource.Ready); err != nil {
+		return err
+	}
+	var draining atomic.Bool
+	if err := mgr.AddReadyzCheck("not-draining", func(*http.Request) error {
+		if draining.Load() {
+			return errors.New("shutting down")
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("namespace-cache", func(*http.Request) error {
@@ -193,8 +217,27 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	}); err != nil {
 		return err
 	}
-	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace)
-	if err := mgr.Start(ctx); err != nil {
+	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace, "certMode", o.certs.EffectiveMode())
+	// The manager gets its own context: on SIGTERM podmeta first drains for
+	// --shutdown-delay, then stops the manager, which finishes in-flight requests.
+	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopMgr()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-mgrCtx.Done():
+			return
+		}
+		log.Info("draining before shutdown", "delay", o.shutdownDelay)
+		draining.Store(true)
+		handler.Drain()
+		select {
+		case <-time.After(o.shutdownDelay):
+		case <-mgrCtx.Done():
+		}
+		stopMgr()
+	}()
+	if err := mgr.Start(mgrCtx); err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
 	log.Info("stopped")

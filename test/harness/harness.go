@@ -315,20 +315,29 @@ func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	logPath := filepath.Join(cp.Dir, "kube-apiserver-restarted.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("restart kube-apiserver: %w", err)
 	}
 	go func() { _ = cmd.Wait() }()
 	cp.restarted = append(cp.restarted, cmd)
-	for deadline := time.Now().Add(60 * time.Second); ; {
+	for deadline := time.Now().Add(120 * time.Second); ; { // a loaded CI machine is slow to start it
 		body, err := cp.Clientset.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		if err == nil && string(body) == "ok" {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("kube-apiserver not ready after restart: %v", err)
+			out, _ := os.ReadFile(logPath)
+			if len(out) > 4000 {
+				out = out[len(out)-4000:]
+			}
+			return fmt.Errorf("kube-apiserver not ready after restart: %v\n%s", err, out)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

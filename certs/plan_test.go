@@ -1,0 +1,221 @@
+package certs
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// testConfig rotates in seconds: the serving certificate every 3s, the CA every 10s.
+func testConfig() Config {
+	c := DefaultConfig()
+	c.ExtraSANs = []string{"127.0.0.1", "podmeta.example"}
+	c.CAValidity, c.CARenewBefore = 20*time.Second, 10*time.Second
+	c.CertValidity, c.CertRenewBefore = 6*time.Second, 3*time.Second
+	c.CheckInterval = time.Second
+	return c
+}
+
+var t0 = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func mustApply(t *testing.T, now time.Time, a Action, m *Material, c *Config) *Material {
+	t.Helper()
+	next, err := apply(now, Plan{Action: a}, m, c)
+	if err != nil {
+		t.Fatalf("%s: %v", a, err)
+	}
+	return next
+}
+
+func TestCertPlan(t *testing.T) {
+	c := testConfig()
+	tm := c.timing()
+	fresh := mustApply(t, t0, ActionBootstrap, nil, &c)
+	renewed := mustApply(t, t0.Add(8*time.Second), ActionIssueCert, fresh, &c) // valid until t0+14s
+	rotating := mustApply(t, t0.Add(10*time.Second), ActionRotateCA, renewed, &c)
+	switched := mustApply(t, t0.Add(11*time.Second), ActionIssueCert, rotating, &c)
+	other := c
+	other.ServiceName = "renamed"
+	for _, tc := range []struct {
+		name        string
+		now         time.Time
+		m           *Material
+		bundleHasCA bool
+		timing      timing
+		want        Action
+	}{
+		{"empty Secret", t0, nil, false, tm, ActionBootstrap},
+		{"fresh", t0.Add(time.Second), fresh, true, tm, ActionNone},
+		{"fresh, caBundle not written yet", t0.Add(time.Second), fresh, false, tm, ActionNone},
+		{"cert due", t0.Add(3 * time.Second), fresh, true, tm, ActionIssueCert},
+		{"cert expired", t0.Add(7 * time.Second), fresh, true, tm, ActionIssueCert},
+		{"SANs changed", t0.Add(time.Second), fresh, true, other.timing(), ActionIssueCert},
+		{"CA due", t0.Add(10 * time.Second), fresh, true, tm, ActionRotateCA},
+		{"CA expired", t0.Add(20 * time.Second), fresh, true, tm, ActionBootstrap},
+		{"new CA not in caBundle", t0.Add(12 * time.Second), rotating, false, tm, ActionNone},
+		{"new CA in caBundle, not for an interval", t0.Add(10*time.Second + 500*time.Millisecond), rotating, true, tm, ActionNone},
+		{"new CA in caBundle for an interval", t0.Add(11 * time.Second), rotating, true, tm, ActionIssueCert},
+		{"old cert expired mid-rotation", t0.Add(14 * time.Second), rotating, false, tm, ActionIssueCert},
+		{"new cert, replicas may still serve the old", t0.Add(12 * time.Second), switched, true, tm, ActionNone},
+		{"new cert served everywhere", t0.Add(13 * time.Second), switched, true, tm, ActionDropPreviousCA},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := plan(tc.now, tc.m, tc.bundleHasCA, tc.timing); got.Action != tc.want {
+				t.Errorf("plan = %s (%s), want %s", got.Action, got.Reason, tc.want)
+			}
+		})
+	}
+}
+
+func TestCertApply(t *testing.T) {
+	c := testConfig()
+	m := mustApply(t, t0, ActionBootstrap, nil, &c)
+	if m.Cert.CheckSignatureFrom(m.CA) != nil || m.PreviousCA != nil {
+		t.Fatal("bootstrap: serving certificate not signed by the CA, or a previous CA")
+	}
+	wantDNS := []string{"podmeta-webhook", "podmeta-webhook.podmeta-system", "podmeta-webhook.podmeta-system.svc", "podmeta-webhook.podmeta-system.svc.cluster.local", "podmeta.example"}
+	if fmt.Sprint(m.Cert.DNSNames) != fmt.Sprint(wantDNS) || len(m.Cert.IPAddresses) != 1 || m.Cert.IPAddresses[0].String() != "127.0.0.1" {
+		t.Errorf("SANs = %v %v, want %v [127.0.0.1]", m.Cert.DNSNames, m.Cert.IPAddresses, wantDNS)
+	}
+	if !m.CA.IsCA || m.Cert.IsCA || m.Cert.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
+		t.Error("wrong basic constraints or key usage")
+	}
+
+	renewed := mustApply(t, t0.Add(3*time.Second), ActionIssueCert, m, &c)
+	if !renewed.CA.Equal(m.CA) || renewed.Cert.Equal(m.Cert) || string(renewed.Bundle()) != string(m.Bundle()) {
+		t.Error("a serving-certificate renewal must keep the CA and the caBundle")
+	}
+
+	// The serving certificate never outlives its CA.
+	late := mustApply(t, t0.Add(17*time.Second), ActionIssueCert, m, &c)
+	if !late.Cert.NotAfter.Equal(m.CA.NotAfter) {
+		t.Errorf("NotAfter %s, want the CA's %s", late.Cert.NotAfter, m.CA.NotAfter)
+	}
+
+	rotated := mustApply(t, t0.Add(10*time.Second), ActionRotateCA, m, &c)
+	if !rotated.PreviousCA.Equal(m.CA) || rotated.CA.Equal(m.CA) || !rotated.Cert.Equal(m.Cert) {
+		t.Error("CA rotation must keep the serving certificate and retire the old CA to previous")
+	}
+	if got := len(parsePEMCerts(rotated.Bundle())); got != 2 {
+		t.Errorf("caBundle during a CA rotation holds %d CAs, want 2", got)
+	}
+	dropped := mustApply(t, t0.Add(14*time.Second), ActionDropPreviousCA, mustApply(t, t0.Add(11*time.Second), ActionIssueCert, rotated, &c), &c)
+	if dropped.PreviousCA != nil || len(parsePEMCerts(dropped.Bundle())) != 1 || dropped.Cert.CheckSignatureFrom(rotated.CA) != nil {
+		t.Error("after the overlap the caBundle holds only the new CA, which signed the certificate")
+	}
+
+	// Round trip through the Secret.
+	back, err := ParseSecret(dropped.Data(), dropped.Annotations())
+	if err != nil || !back.CertIssuedAt.Equal(dropped.CertIssuedAt) || !back.CARotatedAt.Equal(dropped.CARotatedAt) {
+		t.Errorf("round trip: %v", err)
+	}
+}
+
+func TestCertParseSecretRejects(t *testing.T) {
+	c := testConfig()
+	m := mustApply(t, t0, ActionBootstrap, nil, &c)
+	other := mustApply(t, t0, ActionBootstrap, nil, &c)
+	for name, mutate := range map[string]func(d map[string][]byte){
+		"garbage cert":         func(d map[string][]byte) { d[KeyCert] = []byte("garbage") },
+		"key of another cert":  func(d map[string][]byte) { d[KeyKey] = other.KeyPEM },
+		"CA key of another CA": func(d map[string][]byte) { d[KeyCAKey] = other.CAKeyPEM },
+		"cert of another CA":   func(d map[string][]byte) { d[KeyCert], d[KeyKey] = other.CertPEM, other.KeyPEM },
+	} {
+		t.Run(name, func(t *testing.T) {
+			d := m.Data()
+			mutate(d)
+			if _, err := ParseSecret(d, nil); err == nil {
+				t.Error("accepted")
+			}
+		})
+	}
+	if _, err := ParseSecret(map[string][]byte{}, nil); err != ErrEmpty {
+		t.Errorf("empty Secret: %v, want ErrEmpty", err)
+	}
+}
+
+func TestCertConfigValidate(t *testing.T) {
+	ok := testConfig()
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mutate := range map[string]func(c *Config){
+		"mode":               func(c *Config) { c.Mode = "magic" },
+		"renew >= validity":  func(c *Config) { c.CertRenewBefore = c.CertValidity },
+		"renew < 3 checks":   func(c *Config) { c.CARenewBefore = 2 * time.Second },
+		"bad SAN":            func(c *Config) { c.ExtraSANs = []string{"not a name"} },
+		"bad service name":   func(c *Config) { c.ServiceName = "Podmeta.Webhook" },
+		"no check interval":  func(c *Config) { c.CheckInterval = 0 },
+		"file mode, no name": func(c *Config) { c.Mode, c.CertName = ModeExternal, "" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := testConfig()
+			mutate(&c)
+			if c.Validate() == nil {
+				t.Error("accepted")
+			}
+		})
+	}
+	c := DefaultConfig()
+	if c.EffectiveMode() != ModeSelfManaged {
+		t.Error("default mode is not self-managed")
+	}
+	c.CertDir = "/certs"
+	if c.EffectiveMode() != ModeExternal {
+		t.Error("--cert-dir without --cert-mode is not external")
+	}
+}
+
+// TestCertSelfManagedRotation drives SelfManaged on a fake clock and a fake clientset
+// through bootstraps, renewals and CA rotations, and checks the invariant that matters
+// to the apiserver after every check: the served certificate's CA is in every caBundle.
+func TestCertSelfManagedRotation(t *testing.T) {
+	c := testConfig()
+	webhooks := []admissionregistrationv1.MutatingWebhook{{Name: "a.podmeta.io"}, {Name: "b.podmeta.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{CABundle: []byte("garbage")}}}
+	cs := fake.NewClientset(
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Secret, Namespace: c.Namespace}},
+		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.WebhookConfigName}, Webhooks: webhooks},
+	)
+	s := NewSelfManaged(c, cs, NewExpiryGauge(nil), logr.Discard())
+	now := t0
+	s.Now = func() time.Time { return now }
+	ctx := context.Background()
+	certs, cas := map[string]bool{}, map[string]bool{}
+	maxCAs := 0
+	for step := range 60 { // 60 checks, one a second
+		if err := s.Check(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Ready(nil); err != nil {
+			t.Fatalf("step %d: not ready: %v", step, err)
+		}
+		cert, _ := s.GetCertificate(nil)
+		whc, _ := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, c.WebhookConfigName, metav1.GetOptions{})
+		pool := x509.NewCertPool()
+		for _, wh := range whc.Webhooks {
+			if !pool.AppendCertsFromPEM(wh.ClientConfig.CABundle) {
+				t.Fatalf("step %d: webhook %s has no CA", step, wh.Name)
+			}
+			maxCAs = max(maxCAs, len(parsePEMCerts(wh.ClientConfig.CABundle)))
+			p := x509.NewCertPool()
+			p.AppendCertsFromPEM(wh.ClientConfig.CABundle)
+			if _, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: p, CurrentTime: now, DNSName: "podmeta-webhook.podmeta-system.svc"}); err != nil {
+				t.Fatalf("step %d: served certificate does not verify against %s's caBundle: %v", step, wh.Name, err)
+			}
+		}
+		certs[cert.Leaf.SerialNumber.String()] = true
+		cas[string(cert.Leaf.AuthorityKeyId)] = true
+		now = now.Add(time.Second)
+	}
+	if len(certs) < 10 || len(cas) < 3 || maxCAs != 2 {
+		t.Errorf("%d serving certificates from %d CAs, at most %d CAs in a caBundle; want >= 10, >= 3 and 2", len(certs), len(cas), maxCAs)
+	}
+}

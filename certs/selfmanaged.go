@@ -1,0 +1,260 @@
+package certs
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// SelfManaged keeps a CA and serving certificate in a Secret and the caBundle of the
+// webhook configuration current, and serves the certificate from memory.
+type SelfManaged struct {
+	cfg    Config
+	client kubernetes.Interface
+	expiry prometheus.Gauge
+	log    logr.Logger
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+
+	served  atomic.Pointer[served]
+	trusted atomic.Bool // the caBundle holds the CA that signed the served certificate
+	started bool        // one check succeeded: later permission errors are not fatal
+}
+
+type served struct {
+	pem  []byte
+	cert *tls.Certificate
+}
+
+// NewSelfManaged returns a self-managed Source using client.
+func NewSelfManaged(cfg Config, client kubernetes.Interface, expiry prometheus.Gauge, log logr.Logger) *SelfManaged {
+	return &SelfManaged{cfg: cfg, client: client, expiry: expiry, log: log, Now: time.Now}
+}
+
+// maxAttempts bounds the re-reads of one check after conflicting writes.
+const maxAttempts = 5
+
+// Start checks at once and then every check interval until ctx ends. It returns an
+// error only when podmeta can never work: the Secret is missing and may not be created,
+// or RBAC forbids what it needs at start.
+func (s *SelfManaged) Start(ctx context.Context) error {
+	s.log.Info("self-managed certificates", "secret", s.cfg.Namespace+"/"+s.cfg.Secret, "webhookConfiguration", s.cfg.WebhookConfigName,
+		"dnsNames", s.cfg.DNSNames(), "ips", s.cfg.ExtraSANs, "checkInterval", s.cfg.CheckInterval)
+	for {
+		if err := s.Check(ctx); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(s.cfg.CheckInterval):
+		}
+	}
+}
+
+// errConflict means another replica wrote first: re-read and adopt what it wrote.
+var errConflict = errors.New("conflict")
+
+// Check runs one round: read, plan, write the Secret if needed, write the caBundle if
+// needed, serve. Transient errors are logged and retried at the next check.
+func (s *SelfManaged) Check(ctx context.Context) error {
+	for range maxAttempts {
+		err := s.check(ctx)
+		switch {
+		case errors.Is(err, errConflict):
+			continue
+		case err == nil:
+			s.started = true
+			return nil
+		case apierrors.IsForbidden(err) && !s.started:
+			return err
+		default:
+			s.log.Error(err, "certificate check failed; retrying at the next check")
+			return nil
+		}
+	}
+	s.log.Info("certificate check kept conflicting with other replicas; retrying at the next check")
+	return nil
+}
+
+func (s *SelfManaged) check(ctx context.Context) error {
+	// The webhook configuration is read before the Secret: a replica whose Secret is
+	// stale then also holds a stale configuration, and its caBundle update conflicts
+	// instead of removing a CA another replica just added.
+	whc, err := s.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, s.cfg.WebhookConfigName, metav1.GetOptions{})
+	if err != nil {
+		s.trusted.Store(false)
+		return s.explain(err, "read MutatingWebhookConfiguration "+s.cfg.WebhookConfigName)
+	}
+	secrets := s.client.CoreV1().Secrets(s.cfg.Namespace)
+	secret, err := secrets.Get(ctx, s.cfg.Secret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		secret = nil
+	} else if err != nil {
+		return s.explain(err, "read Secret "+s.cfg.Namespace+"/"+s.cfg.Secret)
+	}
+
+	var m *Material
+	if secret != nil {
+		if m, err = ParseSecret(secret.Data, secret.Annotations); err != nil && !errors.Is(err, ErrEmpty) {
+			s.log.Error(err, "certificate Secret unusable; replacing it", "secret", s.cfg.Secret)
+		}
+	}
+	now := s.Now()
+	p := plan(now, m, m != nil && bundlesContain(whc, m.CA), s.cfg.timing())
+	if p.Action != ActionNone {
+		next, err := apply(now, p, m, &s.cfg)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.Action, err)
+		}
+		if err := s.writeSecret(ctx, secret, next); err != nil {
+			return err
+		}
+		s.log.Info("certificate Secret updated", "action", p.Action.String(), "reason", p.Reason,
+			"caSerial", next.CA.SerialNumber.String(), "caNotAfter", next.CA.NotAfter,
+			"certSerial", next.Cert.SerialNumber.String(), "certNotAfter", next.Cert.NotAfter,
+			"previousCA", next.PreviousCA != nil)
+		m = next
+	}
+
+	if err := s.syncBundle(ctx, whc, m); err != nil {
+		return err
+	}
+	s.serve(m)
+	s.trusted.Store(bundlesContain(whc, m.Issuer()))
+	return nil
+}
+
+// writeSecret creates or updates the Secret with the resourceVersion read; a conflict
+// means another replica wrote first.
+func (s *SelfManaged) writeSecret(ctx context.Context, old *corev1.Secret, m *Material) error {
+	secrets := s.client.CoreV1().Secrets(s.cfg.Namespace)
+	var err error
+	if old == nil {
+		sec := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Secret, Namespace: s.cfg.Namespace, Annotations: m.Annotations()},
+			Type:       corev1.SecretTypeOpaque,
+			Data:       m.Data(),
+		}
+		_, err = secrets.Create(ctx, sec, metav1.CreateOptions{})
+		if apierrors.IsForbidden(err) {
+			// Not retried: RBAC cannot grant create for one name only, so the Secret is
+			// meant to exist already.
+			return fmt.Errorf("the Secret %s/%s does not exist and podmeta may not create it (RBAC cannot restrict create to one name, so it is pre-created: apply config/rbac/certs_role.yaml, or create an empty Opaque Secret with that name): %w",
+				s.cfg.Namespace, s.cfg.Secret, err)
+		}
+	} else {
+		sec := old.DeepCopy()
+		sec.Data = m.Data()
+		if sec.Annotations == nil {
+			sec.Annotations = map[string]string{}
+		}
+		for k, v := range m.Annotations() {
+			sec.Annotations[k] = v
+		}
+		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	}
+	if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+		s.log.V(1).Info("certificate Secret changed by another replica; adopting it")
+		return errConflict
+	}
+	if err != nil {
+		return s.explain(err, "write Secret "+s.cfg.Namespace+"/"+s.cfg.Secret)
+	}
+	return nil
+}
+
+// syncBundle makes every webhook's caBundle exactly m's CAs. whc is updated in place.
+func (s *SelfManaged) syncBundle(ctx context.Context, whc *admissionregistrationv1.MutatingWebhookConfiguration, m *Material) error {
+	want := m.Bundle()
+	changed := false
+	for i := range whc.Webhooks {
+		if !sameCerts(whc.Webhooks[i].ClientConfig.CABundle, want) {
+			whc.Webhooks[i].ClientConfig.CABundle = want
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	updated, err := s.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, whc, metav1.UpdateOptions{})
+	if apierrors.IsConflict(err) {
+		s.log.V(1).Info("webhook configuration changed meanwhile; checking again")
+		return errConflict
+	}
+	if err != nil {
+		return s.explain(err, "update caBundle of MutatingWebhookConfiguration "+s.cfg.WebhookConfigName)
+	}
+	*whc = *updated
+	s.log.Info("caBundle updated", "webhookConfiguration", s.cfg.WebhookConfigName, "webhooks", len(whc.Webhooks), "cas", len(parsePEMCerts(want)))
+	return nil
+}
+
+// serve switches to m's serving certificate if it is new.
+func (s *SelfManaged) serve(m *Material) {
+	if cur := s.served.Load(); cur != nil && string(cur.pem) == string(m.CertPEM) {
+		return
+	}
+	c, err := tls.X509KeyPair(m.CertPEM, m.KeyPEM)
+	if err != nil { // ParseSecret checked the pair; unreachable short of a bug
+		s.log.Error(err, "load serving certificate")
+		return
+	}
+	c.Leaf = m.Cert
+	s.served.Store(&served{pem: m.CertPEM, cert: &c})
+	s.expiry.Set(float64(m.Cert.NotAfter.Unix()))
+	s.log.Info("serving certificate", "serial", m.Cert.SerialNumber.String(), "notAfter", m.Cert.NotAfter, "issuer", m.Cert.Issuer.CommonName)
+}
+
+// explain adds what to do to a permission error.
+func (s *SelfManaged) explain(err error, what string) error {
+	if apierrors.IsForbidden(err) {
+		return fmt.Errorf("%s: forbidden; podmeta's ServiceAccount needs config/rbac/certs_role.yaml (get and update on this one object): %w", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// bundlesContain reports whether every webhook's caBundle holds ca.
+func bundlesContain(whc *admissionregistrationv1.MutatingWebhookConfiguration, ca *x509.Certificate) bool {
+	if ca == nil || len(whc.Webhooks) == 0 {
+		return false
+	}
+	for _, wh := range whc.Webhooks {
+		if !bundleContains(wh.ClientConfig.CABundle, ca) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *SelfManaged) NeedLeaderElection() bool { return false }
+
+func (s *SelfManaged) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if cur := s.served.Load(); cur != nil {
+		return cur.cert, nil
+	}
+	return nil, ErrNotLoaded
+}
+
+func (s *SelfManaged) Ready(*http.Request) error {
+	switch {
+	case s.served.Load() == nil:
+		return ErrNotLoaded
+	case !s.trusted.Load():
+		return fmt.Errorf("the caBundle of MutatingWebhookConfiguration %s does not hold the CA of the served certificate yet", s.cfg.WebhookConfigName)
+	}
+	return nil
+}
