@@ -42,6 +42,14 @@ test: vet k8s $(BIN)/helm ## Run every test: engine goldens, CLI, fuzzing, integ
 	go test -count=1 -run '^$$' -fuzz '^FuzzPlan$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./webhook
 	go test -count=1 -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./webhook
 
+NODE_TEST_FLAGS ?=
+
+.PHONY: test-node
+test-node: k8s ## Run injected pods on a real kubelet + containerd in a private netns (root; apt-installs containerd, runc, CNI plugins). ~1 min, ~17 min with the token-rotation test; NODE_TEST_FLAGS=-test.short skips it.
+	@bash hack/build-k8s.sh $(K8S_VERSION) $(K8S_BIN) kubelet
+	bash hack/node/install.sh
+	hack/node/run.sh -test.v $(NODE_TEST_FLAGS)
+
 .PHONY: test-certs
 test-certs: k8s ## Certificate tests only (self-managed rotation under load, cert-manager in-process).
 	go test -count=1 -run Cert ./certs/ ./test/ ./test/certmanager/
