@@ -269,3 +269,38 @@ func TestFaultAPIServerRestart(t *testing.T) {
 		t.Error("podmeta did not survive the apiserver restart")
 	}
 }
+
+// Fault 4: the apiserver restarts under the ambassador. Once it is back, proxied
+// requests succeed again through the same ambassador process, which never restarted.
+func TestFaultAPIServerRestartUnderAmbassador(t *testing.T) {
+	ns := namespace(t, map[string]string{}, nil)
+	sa := serviceAccount(t, ns, "app")
+	grantPodReader(t, ns, sa)
+	amb := startAmbassador(t, newKubeletDir(t, mintToken(t, ns, sa, nil)), "read-only")
+	path := "/api/v1/namespaces/" + ns + "/pods"
+	eventually(t, 30*time.Second, func(context.Context) string {
+		if r := amb.do(t, "GET", path); r.code != 200 {
+			return fmt.Sprintf("before the restart: %d %s", r.code, r.body)
+		}
+		return ""
+	})
+	pid := amb.cmd.Process.Pid
+
+	if err := cp.RestartAPIServer(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, func(context.Context) string {
+		if r := amb.do(t, "GET", path); r.code != 200 {
+			return fmt.Sprintf("after the restart: %d %s", r.code, r.body)
+		}
+		return ""
+	})
+	select {
+	case <-amb.done:
+		t.Fatalf("the ambassador exited: %v", amb.waitErr)
+	default:
+	}
+	if amb.cmd.Process.Pid != pid {
+		t.Error("the ambassador was restarted")
+	}
+}
