@@ -85,5 +85,11 @@ nsenter --net=/run/netns/"$NS" sh -ec "
 echo "hack/node/run.sh: running test/node in network namespace $NS"
 cd test/node
 mkdir -p "$WORK/tmp"
+set +e
 TMPDIR="$WORK/tmp" PODMETA_NODE_TEST=1 PODMETA_NODE_BIN="$WORK/bin" \
-	nsenter --net=/run/netns/"$NS" "$WORK/node.test" -test.count=1 -test.timeout=30m "$@"
+	nsenter --net=/run/netns/"$NS" "$WORK/node.test" -test.count=1 -test.timeout=30m "$@" 2>&1 | tee "$WORK/node.log"
+rc=${PIPESTATUS[0]}
+set -e
+# A closing count CI can read (the test binary itself ends with a bare PASS/FAIL).
+echo "test-node: $(grep -c '^--- PASS' "$WORK/node.log") passed, $(grep -c '^--- FAIL' "$WORK/node.log") failed, $(grep -c '^--- SKIP' "$WORK/node.log") skipped"
+exit "$rc"
