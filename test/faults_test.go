@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,14 +151,7 @@ func lastPort(pm *harness.Podmeta) string {
 // rejected with a message naming the webhook. The apiserver never hangs.
 func TestFaultSlowWebhook(t *testing.T) {
 	ctx := t.Context()
-	if err := cp.Apply(ctx, filepath.Join(harness.Root(), "config", "safety-net", "policy.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		bg := context.Background()
-		_ = cp.Clientset.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(bg, "podmeta-safety-net", metav1.DeleteOptions{})
-		_ = cp.Clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(bg, "podmeta-safety-net", metav1.DeleteOptions{})
-	})
+	installSafetyNet(t)
 	wio := cp.Env.WebhookInstallOptions
 	lb, err := harness.NewLB(fmt.Sprintf("%s:%d", wio.LocalServingHost, wio.LocalServingPort))
 	if err != nil {

@@ -32,19 +32,25 @@ func setSafetyNetActions(ctx context.Context, t *testing.T, actions ...admission
 	}
 }
 
+// installSafetyNet applies config/safety-net as shipped and removes it when the test ends.
+func installSafetyNet(t *testing.T) {
+	t.Helper()
+	if err := cp.Apply(t.Context(), filepath.Join(harness.Root(), "config", "safety-net", "policy.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		bg := context.Background() // t.Context() is already cancelled when cleanups run
+		_ = cp.Clientset.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(bg, "podmeta-safety-net", metav1.DeleteOptions{})
+		_ = cp.Clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(bg, "podmeta-safety-net", metav1.DeleteOptions{})
+	})
+}
+
 // The safety net, installed from config/safety-net as shipped: with podmeta up nobody
 // hears from it; with podmeta down and failurePolicy Ignore the client gets its warning;
 // with the Deny action the pod is rejected.
 func TestSafetyNet(t *testing.T) {
 	ctx := t.Context()
-	if err := cp.Apply(ctx, filepath.Join(harness.Root(), "config", "safety-net", "policy.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		bg := context.Background()
-		_ = cp.Clientset.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(bg, "podmeta-safety-net", metav1.DeleteOptions{})
-		_ = cp.Clientset.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(bg, "podmeta-safety-net", metav1.DeleteOptions{})
-	})
+	installSafetyNet(t)
 	ns := namespace(t, nil, nil)
 	cs, rec := clientWithWarnings(t)
 	hasWarning := func() bool {

@@ -61,21 +61,13 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "podmeta-cm")
+	suite, err := harness.StartSuite()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	if binary, err = harness.BuildPodmeta(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if cp, err = harness.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer cp.Stop()
+	defer suite.Stop()
+	cp, binary = suite.CP, suite.Binary
 	return m.Run()
 }
 

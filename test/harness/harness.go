@@ -56,14 +56,21 @@ type ControlPlane struct {
 
 // Start starts the control plane from $KUBEBUILDER_ASSETS and registers podmeta's
 // webhook configuration, pointed at 127.0.0.1 with envtest's serving certificate.
-func Start() (*ControlPlane, error) {
+func Start() (*ControlPlane, error) { return StartWith("", nil) }
+
+// StartWith is Start in a scratch directory of the caller's (removed by Stop; "" for a
+// new one) with a hook that adjusts the environment before it starts (the node test
+// serves the apiserver on the node's address).
+func StartWith(dir string, configure func(*envtest.Environment)) (*ControlPlane, error) {
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
 		return nil, fmt.Errorf("no kube-apiserver in KUBEBUILDER_ASSETS=%q: run `make k8s` (or use `make test`, which does): %w", assets, err)
 	}
-	dir, err := os.MkdirTemp("", "podmeta-cp")
-	if err != nil {
-		return nil, err
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "podmeta-cp"); err != nil {
+			return nil, err
+		}
 	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
@@ -84,6 +91,9 @@ func Start() (*ControlPlane, error) {
 	apiserver.CertDir = filepath.Join(dir, "apiserver")
 	if err := os.MkdirAll(apiserver.CertDir, 0o700); err != nil {
 		return nil, err
+	}
+	if configure != nil {
+		configure(env)
 	}
 	cfg, err := env.Start()
 	if err != nil {
@@ -374,4 +384,35 @@ func processAlive(pid int) bool {
 	// A zombie (state Z) is dead; it only waits for its parent to reap it.
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	return len(f) > 0 && f[0] != "Z"
+}
+
+// Suite is what a test package's TestMain shares: a podmeta binary built from this tree
+// and a running control plane.
+type Suite struct {
+	Binary string
+	CP     *ControlPlane
+	dir    string
+}
+
+// StartSuite builds podmeta and starts the control plane, once per test package.
+func StartSuite() (*Suite, error) {
+	dir, err := os.MkdirTemp("", "podmeta-suite")
+	if err != nil {
+		return nil, err
+	}
+	s := &Suite{dir: dir}
+	if s.Binary, err = BuildPodmeta(dir); err == nil {
+		s.CP, err = Start()
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stop stops the control plane and removes the binary.
+func (s *Suite) Stop() {
+	_ = s.CP.Stop()
+	os.RemoveAll(s.dir)
 }

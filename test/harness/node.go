@@ -37,8 +37,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -152,40 +150,22 @@ func checkNodeIP() error {
 }
 
 func startNodeControlPlane(dir string) (*ControlPlane, []byte, error) {
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: os.Getenv("KUBEBUILDER_ASSETS"),
-		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			Paths:            []string{filepath.Join(Root(), "config", "webhook", "manifests.yaml")},
-			LocalServingHost: "127.0.0.1",
-		},
-	}
-	api := env.ControlPlane.GetAPIServer()
-	api.SecureServing.ListenAddr.Address = NodeIP
-	api.SecureServing.ListenAddr.Port = "443"
-	args := api.Configure()
-	args.Disable("disable-admission-plugins")
-	// The "kubernetes" Service gets the range's first address: NodeIP.
-	args.Set("service-cluster-ip-range", "10.250.0.0/24")
-	args.Set("advertise-address", NodeIP)
-	// The Node's Hostname address (NodeName) resolves nowhere: logs and exec go to
-	// the kubelet at its InternalIP.
-	args.Set("kubelet-preferred-address-types", "InternalIP")
-	cfg, err := env.Start()
+	cp, err := StartWith(dir, func(env *envtest.Environment) {
+		api := env.ControlPlane.GetAPIServer()
+		api.SecureServing.ListenAddr.Address = NodeIP
+		api.SecureServing.ListenAddr.Port = "443"
+		args := api.Configure()
+		// The "kubernetes" Service gets the range's first address: NodeIP.
+		args.Set("service-cluster-ip-range", "10.250.0.0/24")
+		args.Set("advertise-address", NodeIP)
+		// The Node's Hostname address (NodeName) resolves nowhere: logs and exec go to
+		// the kubelet at its InternalIP.
+		args.Set("kubelet-preferred-address-types", "InternalIP")
+	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("start kube-apiserver and etcd: %w", err)
-	}
-	cp := &ControlPlane{Env: env, Config: cfg, Dir: dir}
-	if cp.Client, err = client.New(cfg, client.Options{}); err == nil {
-		cp.Clientset, err = kubernetes.NewForConfig(cfg)
-	}
-	if err == nil {
-		err = cp.Apply(context.Background(), filepath.Join(Root(), "config", "rbac", "role.yaml"))
-	}
-	if err != nil {
-		cp.Stop()
 		return nil, nil, err
 	}
-	return cp, api.SecureServing.CA, nil
+	return cp, cp.Env.ControlPlane.GetAPIServer().SecureServing.CA, nil
 }
 
 // EnsureNamespace creates the namespace, its "default" ServiceAccount and its
