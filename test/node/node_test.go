@@ -310,17 +310,7 @@ func TestAmbassador(t *testing.T) {
 		t.Errorf("ambassador started %s, app %s: want the ambassador first", ambStart, appStart)
 	}
 
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: ns},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}}}}
-	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: ns},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pod-reader"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}}}
-	if err := node.Client.Create(ctx, role); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Client.Create(ctx, rb); err != nil {
-		t.Fatal(err)
-	}
+	grantPodReader(ctx, t, ns)
 	waitLogs(t, ns, p.Name, "app", 60*time.Second, "no 200 after the Role was bound", func(s string) bool { return strings.Contains(s, " 200\n") })
 }
 
@@ -345,17 +335,7 @@ func TestAmbassadorTokenRotation(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	ns := namespace(t, "node-rotate", nil)
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: ns},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}}}}
-	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: ns},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pod-reader"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}}}
-	if err := node.Client.Create(ctx, role); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Client.Create(ctx, rb); err != nil {
-		t.Fatal(err)
-	}
+	grantPodReader(ctx, t, ns)
 	expiry := int64(600)
 	// The user's own podmeta-ambassador-token volume wins over podmeta's (3607 s, which
 	// the API server extends to a year); the app mounts it too, to see each rotation.
@@ -429,5 +409,21 @@ func TestAmbassadorTokenRotation(t *testing.T) {
 		tokens, time.Since(start).Round(time.Second), time.Unix(firstExp, 0).UTC().Format(time.RFC3339), reloads)
 	if reloads < 3 {
 		t.Errorf("ambassador logged %d token loads, want >= 3 (initial + 2 rotations):\n%s", reloads, tail(amb, 3000))
+	}
+}
+
+// grantPodReader lets the namespace's default ServiceAccount get and list its pods.
+func grantPodReader(ctx context.Context, t *testing.T, ns string) {
+	t.Helper()
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: ns},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}}}}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pod-reader"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}}}
+	if err := node.Client.Create(ctx, role); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Client.Create(ctx, rb); err != nil {
+		t.Fatal(err)
 	}
 }
