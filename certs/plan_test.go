@@ -3,6 +3,7 @@ package certs
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -137,7 +138,7 @@ func TestCertParseSecretRejects(t *testing.T) {
 			}
 		})
 	}
-	if _, err := ParseSecret(map[string][]byte{}, nil); err != ErrEmpty {
+	if _, err := ParseSecret(map[string][]byte{}, nil); !errors.Is(err, ErrEmpty) {
 		t.Errorf("empty Secret: %v, want ErrEmpty", err)
 	}
 }

@@ -228,7 +228,7 @@ func TestAmbassadorStreamsWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := amb.stream.Do(req)
+	resp, err := amb.stream.Do(req) //nolint:bodyclose // closed by the defer below
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,7 +553,7 @@ func (a *ambassador) log() string {
 func (a *ambassador) stop() error {
 	select {
 	case <-a.done:
-		return fmt.Errorf("exited before the test ended: %v", a.waitErr)
+		return fmt.Errorf("exited before the test ended: %w", a.waitErr)
 	default:
 	}
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)

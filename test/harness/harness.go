@@ -232,7 +232,7 @@ func (p *Podmeta) waitReady(ctx context.Context, timeout time.Duration) error {
 		select {
 		case err := <-p.done:
 			p.done <- err
-			return fmt.Errorf("podmeta exited before it was ready: %v", err)
+			return fmt.Errorf("podmeta exited before it was ready: %w", err)
 		default:
 		}
 		resp, err := http.Get("http://" + p.ProbeAddr + "/readyz")
@@ -243,7 +243,7 @@ func (p *Podmeta) waitReady(ctx context.Context, timeout time.Duration) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("podmeta not ready after %s (last: %v)", timeout, err)
+			return fmt.Errorf("podmeta not ready after %s (last error: %v)", timeout, err) //nolint:errorlint // err may be nil
 		}
 		select {
 		case <-ctx.Done():
@@ -347,7 +347,7 @@ func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
 			if len(out) > 4000 {
 				out = out[len(out)-4000:]
 			}
-			return fmt.Errorf("kube-apiserver not ready after restart: %v\n%s", err, out)
+			return fmt.Errorf("kube-apiserver not ready after restart: %w\n%s", err, out)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
