@@ -243,7 +243,7 @@ func (p *Podmeta) waitReady(ctx context.Context, timeout time.Duration) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("podmeta not ready after %s (last error: %v)", timeout, err) //nolint:errorlint // err may be nil
+			return fmt.Errorf("podmeta not ready after %s (last error: %v)", timeout, err)
 		}
 		select {
 		case <-ctx.Done():
