@@ -502,16 +502,9 @@ func startAmbassador(t *testing.T, dir *kubeletDir, mode string, extra ...string
 			a.parseStartLog()
 		}
 		if a.url != "" {
-			resp, err := a.client.Get("http://" + a.healthAddr + "/readyz")
-			if err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					return a
-				}
-				last = fmt.Sprintf("%s %s", resp.Status, b)
-			} else {
-				last = err.Error()
+			var ok bool
+			if last, ok = harness.GetOK(a.client, "http://"+a.healthAddr+"/readyz"); ok {
+				return a
 			}
 		}
 		if time.Now().After(deadline) {

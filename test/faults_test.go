@@ -276,7 +276,6 @@ func TestFaultAPIServerRestartUnderAmbassador(t *testing.T) {
 		}
 		return ""
 	})
-	pid := amb.cmd.Process.Pid
 
 	if err := cp.RestartAPIServer(t.Context()); err != nil {
 		t.Fatal(err)
@@ -287,12 +286,9 @@ func TestFaultAPIServerRestartUnderAmbassador(t *testing.T) {
 		}
 		return ""
 	})
-	select {
+	select { // the same process served before and after: it never exited
 	case <-amb.done:
 		t.Fatalf("the ambassador exited: %v", amb.waitErr)
 	default:
-	}
-	if amb.cmd.Process.Pid != pid {
-		t.Error("the ambassador was restarted")
 	}
 }

@@ -207,7 +207,9 @@ func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Lo
 	if r.Method != http.MethodPost {
 		return nil, &httpError{http.StatusMethodNotAllowed, "only POST is allowed"}
 	}
-	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
+	// The apiserver sends exactly "application/json"; only anything else is parsed
+	// (ParseMediaType allocates a map per call).
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" && mediaType(ct) != "application/json" {
 		return nil, &httpError{http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: want application/json", r.Header.Get("Content-Type"))}
 	}
 	limit := h.MaxBodyBytes
@@ -309,4 +311,9 @@ func checkReview(apiVersion, kind string, hasRequest, hasUID bool) error {
 		return &httpError{http.StatusBadRequest, "AdmissionReview request has no uid"}
 	}
 	return nil
+}
+
+func mediaType(contentType string) string {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	return mt
 }

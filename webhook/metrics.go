@@ -67,12 +67,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // observe counts one planned pod.
 func (m *Metrics) observe(p *Plan) {
 	st := p.Status
-	for feature, injected := range map[string]bool{
-		FeatureEnv: len(st.Env) > 0, FeatureVolume: st.Volume != "", FeatureMount: len(st.Mounts) > 0,
-		FeatureStorage: len(st.EphemeralStorage) > 0, FeatureAmbassador: st.Ambassador != "",
+	for _, f := range [...]struct {
+		name     string
+		injected bool
+	}{
+		{FeatureEnv, len(st.Env) > 0}, {FeatureVolume, st.Volume != ""}, {FeatureMount, len(st.Mounts) > 0},
+		{FeatureStorage, len(st.EphemeralStorage) > 0}, {FeatureAmbassador, st.Ambassador != ""},
 	} {
-		if injected {
-			m.Injections.WithLabelValues(feature).Inc()
+		if f.injected {
+			m.Injections.WithLabelValues(f.name).Inc()
 		}
 	}
 	for feature, n := range p.Conflicts {

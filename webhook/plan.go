@@ -168,7 +168,7 @@ func (in *Injector) plan(pod *podView, namespace string, nsAnnotations map[strin
 		p.Conflicts = map[string]int{FeatureConfig: n}
 	}
 
-	b := planner{Injector: in, s: &s, pod: pod, p: p}
+	b := planner{Injector: in, s: &s, pod: pod, p: p, hasVolumes: pod.Spec.Volumes != nil}
 	if err := b.build(); err != nil {
 		return nil, &DenyError{err}
 	}
@@ -183,6 +183,7 @@ type planner struct {
 	p   *Plan
 
 	ambassador bool // the ambassador is (or will be) in the pod
+	hasVolumes bool // spec.volumes exists, in the pod or through an earlier addition
 	// env is what every target gets; envWithURL adds PODMETA_API_URL for containers that
 	// can reach the ambassador.
 	env, envWithURL []corev1.EnvVar
@@ -368,10 +369,10 @@ func (b *planner) planVolume(targets []containerRef) bool {
 	want := metadataItems(targets)
 	i := slices.IndexFunc(b.pod.Spec.Volumes, func(v volumeView) bool { return v.Name == VolumeName })
 	if i < 0 {
-		b.add(addVolume{hadVolumes: b.pod.Spec.Volumes != nil, vol: corev1.Volume{
+		b.addVolume(corev1.Volume{
 			Name:         VolumeName,
 			VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: want}},
-		}})
+		})
 		b.p.Status.Volume = b.s.VolumePath
 		return true
 	}
@@ -551,7 +552,7 @@ func (b *planner) planAmbassador() {
 		}
 	}
 	if !slices.ContainsFunc(pod.Spec.Volumes, func(v volumeView) bool { return v.Name == AmbassadorTokenVolumeName }) {
-		b.add(addVolume{hadVolumes: pod.Spec.Volumes != nil || b.hasVolumeAddition(), vol: ambassadorTokenVolume()})
+		b.addVolume(ambassadorTokenVolume())
 	}
 	c := b.ambassadorContainer()
 	if b.native {
@@ -563,9 +564,11 @@ func (b *planner) planAmbassador() {
 	}
 }
 
-// hasVolumeAddition reports whether an earlier addition already created spec.volumes.
-func (b *planner) hasVolumeAddition() bool {
-	return slices.ContainsFunc(b.p.additions, func(a addition) bool { _, ok := a.(addVolume); return ok })
+// addVolume adds a pod volume; the first one added to a pod without spec.volumes
+// creates the list.
+func (b *planner) addVolume(v corev1.Volume) {
+	b.add(addVolume{hadVolumes: b.hasVolumes, vol: v})
+	b.hasVolumes = true
 }
 
 // planStatus records what was injected. The annotation is written when anything was

@@ -156,7 +156,10 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		WebhookServer:           server,
 		GracefulShutdownTimeout: &o.gracefulShutdown,
 		// Only namespace metadata is cached: podmeta reads annotations and nothing else.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&metav1.PartialObjectMetadata{TypeMeta: namespaceType}: {}}},
+		// It never modifies them, so reads skip the cache's deep copy.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&metav1.PartialObjectMetadata{TypeMeta: namespaceType}: {UnsafeDisableDeepCopy: ptrTo(true)},
+		}},
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -307,3 +310,5 @@ func namespaceAnnotations(c cache.Cache, synced *atomic.Bool, wait time.Duration
 type runnable func(context.Context) error
 
 func (r runnable) Start(ctx context.Context) error { return r(ctx) }
+
+func ptrTo[T any](v T) *T { return &v }

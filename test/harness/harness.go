@@ -235,15 +235,12 @@ func (p *Podmeta) waitReady(ctx context.Context, timeout time.Duration) error {
 			return fmt.Errorf("podmeta exited before it was ready: %w", err)
 		default:
 		}
-		resp, err := http.Get("http://" + p.ProbeAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+		last, ok := GetOK(http.DefaultClient, "http://"+p.ProbeAddr+"/readyz")
+		if ok {
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("podmeta not ready after %s (last error: %v)", timeout, err)
+			return fmt.Errorf("podmeta not ready after %s (last /readyz: %s)", timeout, last)
 		}
 		select {
 		case <-ctx.Done():
@@ -251,6 +248,22 @@ func (p *Podmeta) waitReady(ctx context.Context, timeout time.Duration) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// GetOK makes one GET and reports whether it answered 200; otherwise it describes the
+// answer (status and body, or the error) for a "not ready" message. Readiness loops
+// poll with it.
+func GetOK(c *http.Client, url string) (string, bool) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err.Error(), false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusOK {
+		return "", true
+	}
+	return fmt.Sprintf("%s %s", resp.Status, b), false
 }
 
 // Stop sends SIGTERM and waits for a clean exit; it returns the exit error, if any.

@@ -312,16 +312,9 @@ func (p *proxy) waitReady(path string) error {
 	deadline := time.Now().Add(60 * time.Second)
 	var last string
 	for time.Now().Before(deadline) {
-		resp, err := c.Get(p.url + path)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = fmt.Sprintf("%s %s", resp.Status, b)
-		} else {
-			last = err.Error()
+		var ok bool
+		if last, ok = harness.GetOK(c, p.url+path); ok {
+			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
