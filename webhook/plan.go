@@ -190,6 +190,12 @@ type planner struct {
 }
 
 func (b *planner) build() error {
+	if len(b.allContainers()) == 0 {
+		// Nothing to inject into, and a volume or sidecar alone would be useless (and a
+		// pod without a spec has no /spec to add them under): only mark the pod as seen.
+		b.planStatus()
+		return nil
+	}
 	if err := b.checkAmbassador(); err != nil {
 		return err
 	}
