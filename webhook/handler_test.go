@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -208,5 +209,25 @@ func TestHandlerNamespaceDefaults(t *testing.T) {
 	patch := s.review.Response.Patch
 	if n := strings.Count(string(patch), `"op"`); n != 1 || !strings.Contains(string(patch), "podmeta.io~1status") {
 		t.Errorf("patch %s: want only the status annotation", patch)
+	}
+}
+
+// TestHandlerAnswersWithLength checks, through a real net/http server, that an answer
+// carries its length: a chunked answer costs the apiserver an extra TLS record and
+// wake-up per admission.
+func TestHandlerAnswersWithLength(t *testing.T) {
+	h, _ := testHandler(t)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	body := recorded(t, "typical", func(r map[string]any) { podAnnotations(r)[AnnotationAmbassador] = "true" })
+	resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || len(resp.TransferEncoding) != 0 || resp.ContentLength != int64(len(got)) || len(got) < 4096 {
+		t.Errorf("status %d, transfer encoding %v, Content-Length %d for a body of %d bytes (want a length and no chunking)",
+			resp.StatusCode, resp.TransferEncoding, resp.ContentLength, len(got))
 	}
 }
