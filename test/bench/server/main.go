@@ -6,6 +6,9 @@
 //	floor     controller-runtime's admission.Webhook decoding the Pod, answering "allowed"
 //	baseline  the same injection written the usual way: decode a typed Pod, mutate it,
 //	          marshal it and let admission.PatchResponseFromRaw diff the two documents
+//	null      a fixed answer without decoding anything: the server's TLS, HTTP and
+//	          scheduling alone, the latency floor of any server on this machine (its
+//	          uid is not the request's, so only the load benchmark can use it)
 package main
 
 import (
@@ -13,6 +16,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/signal"
@@ -85,6 +89,13 @@ func run(ctx context.Context, mode string, port int, certDir string, maxInFlight
 			}
 			return admission.PatchResponseFromRaw(req.Object.Raw, mutated).WithWarnings(plan.Warnings...)
 		})}
+	case "null":
+		resp := []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}`)
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(resp)
+		})
 	default:
 		return fmt.Errorf("unknown mode %q", mode)
 	}
