@@ -102,8 +102,10 @@ func pin(o options) error {
 		return nil
 	}
 	self, _ := os.Executable()
-	// Two Ps on the one CPU: a connection sleeping in nanosleep (see sleepUntil) holds
-	// its P, and with only one the others would wait for the runtime to take it back.
+	// Two Ps on the one CPU (the figures in docs/performance.md were measured so): a
+	// connection in a write syscall, which on loopback also runs the receiving side's
+	// TCP work, holds its P, and with only one the others wait for the runtime to take
+	// it back.
 	return syscall.Exec(taskset, append([]string{"taskset", "-c", "1", self}, os.Args[1:]...), append(os.Environ(), "PODMETA_BENCH_PINNED=1", "GOMAXPROCS=2"))
 }
 
