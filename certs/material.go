@@ -58,6 +58,23 @@ type Material struct {
 // pre-created, empty Secret).
 var ErrEmpty = errors.New("secret holds no certificate")
 
+// parsePair decodes the certificate and private key under certKey and keyKey and checks
+// that they belong together.
+func parsePair(data map[string][]byte, certKey, keyKey string) (*x509.Certificate, crypto.Signer, error) {
+	cert, err := pki.DecodeX509CertificateBytes(data[certKey])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certKey, err)
+	}
+	key, err := pki.DecodePrivateKeyBytes(data[keyKey])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", keyKey, err)
+	}
+	if ok, err := pki.PublicKeyMatchesCertificate(key.Public(), cert); err != nil || !ok {
+		return nil, nil, fmt.Errorf("%s does not match %s", keyKey, certKey)
+	}
+	return cert, key, nil
+}
+
 // ParseSecret reads and cross-checks the Secret: the keys match their certificates and
 // the serving certificate was signed by the CA or the previous CA.
 func ParseSecret(data map[string][]byte, annotations map[string]string) (*Material, error) {
@@ -69,28 +86,16 @@ func ParseSecret(data map[string][]byte, annotations map[string]string) (*Materi
 		CertPEM: data[KeyCert], KeyPEM: data[KeyKey],
 	}
 	var err error
-	if m.CA, err = pki.DecodeX509CertificateBytes(m.CAPEM); err != nil {
-		return nil, fmt.Errorf("%s: %w", KeyCACert, err)
-	}
-	if m.CAKey, err = pki.DecodePrivateKeyBytes(m.CAKeyPEM); err != nil {
-		return nil, fmt.Errorf("%s: %w", KeyCAKey, err)
-	}
-	if ok, err := pki.PublicKeyMatchesCertificate(m.CAKey.Public(), m.CA); err != nil || !ok {
-		return nil, fmt.Errorf("%s does not match %s", KeyCAKey, KeyCACert)
+	if m.CA, m.CAKey, err = parsePair(data, KeyCACert, KeyCAKey); err != nil {
+		return nil, err
 	}
 	if len(m.PreviousCAPEM) > 0 {
 		if m.PreviousCA, err = pki.DecodeX509CertificateBytes(m.PreviousCAPEM); err != nil {
 			return nil, fmt.Errorf("%s: %w", KeyPreviousCACert, err)
 		}
 	}
-	if m.Cert, err = pki.DecodeX509CertificateBytes(m.CertPEM); err != nil {
-		return nil, fmt.Errorf("%s: %w", KeyCert, err)
-	}
-	if m.Key, err = pki.DecodePrivateKeyBytes(m.KeyPEM); err != nil {
-		return nil, fmt.Errorf("%s: %w", KeyKey, err)
-	}
-	if ok, err := pki.PublicKeyMatchesCertificate(m.Key.Public(), m.Cert); err != nil || !ok {
-		return nil, fmt.Errorf("%s does not match %s", KeyKey, KeyCert)
+	if m.Cert, m.Key, err = parsePair(data, KeyCert, KeyKey); err != nil {
+		return nil, err
 	}
 	if m.Issuer() == nil {
 		return nil, fmt.Errorf("%s was signed by neither %s nor %s", KeyCert, KeyCACert, KeyPreviousCACert)

@@ -135,7 +135,7 @@ func run(o options) error {
 		cpuModel(cpu), nproc(cpu), o.concurrency, o.duration, o.warmup)
 
 	if o.probeRates != "" {
-		srv, err := startServer(server, dir, o.probeMode, 0)
+		srv, err := startServer(server, dir, o.probeMode, 0, pinnedToCPU0)
 		if err != nil {
 			return err
 		}
@@ -156,7 +156,7 @@ func run(o options) error {
 	saturation := map[string]float64{}
 	rps := map[string]float64{}
 	for _, mode := range []string{"podmeta", "floor", "baseline"} {
-		srv, err := startServer(server, dir, mode, 0)
+		srv, err := startServer(server, dir, mode, 0, pinnedToCPU0)
 		if err != nil {
 			return err
 		}
@@ -186,7 +186,7 @@ func run(o options) error {
 	fmt.Println("| server | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU µs/req | RSS MiB |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, mode := range []string{"podmeta", "null", "podmeta", "null"} {
-		srv, err := startServer(server, dir, mode, 0)
+		srv, err := startServer(server, dir, mode, 0, pinnedToCPU0)
 		if err != nil {
 			return err
 		}
@@ -198,7 +198,7 @@ func run(o options) error {
 
 	// 3. Overload.
 	if o.overload > 0 {
-		srv, err := startServer(server, dir, "podmeta", 64)
+		srv, err := startServer(server, dir, "podmeta", 64, pinnedToCPU0)
 		if err != nil {
 			return err
 		}
@@ -277,15 +277,28 @@ type serverProc struct {
 	done chan error
 }
 
-func startServer(bin, dir, mode string, maxInFlight int) (*serverProc, error) {
+// Where startServer runs a server: pinned to CPU 0 with GOMAXPROCS=1 (the webhook load
+// phases) or, beside the control plane, on every CPU.
+const (
+	pinnedToCPU0 = true
+	onAllCPUs    = false
+)
+
+// startServer starts a bench server in mode with the certificate in certDir and returns
+// once it listens.
+func startServer(bin, certDir, mode string, maxInFlight int, pinned bool) (*serverProc, error) {
 	addr := harness.FreeAddr()
 	_, port, _ := net.SplitHostPort(addr)
-	args := []string{bin, "-mode", mode, "-port", port, "-cert-dir", dir, "-max-in-flight", strconv.Itoa(maxInFlight)}
-	if ts, err := exec.LookPath("taskset"); err == nil {
+	args := []string{bin, "-mode", mode, "-port", port, "-cert-dir", certDir, "-max-in-flight", strconv.Itoa(maxInFlight)}
+	env := os.Environ()
+	if ts, err := exec.LookPath("taskset"); err == nil && pinned {
 		args = append([]string{ts, "-c", "0"}, args...)
 	}
+	if pinned {
+		env = append(env, "GOMAXPROCS=1")
+	}
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	cmd.Env = env
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -584,12 +597,8 @@ func (s *serverProc) openLoop(pool *x509.CertPool, b body, rate float64, w, d ti
 		if err := cs[i].dial(); err != nil {
 			rec.errors.Add(1)
 		}
-		p, err := newPacer()
-		if err != nil {
-			panic(err) // Linux only, as the benchmark's /proc readings are
-		}
-		pacers[i] = p
-		defer p.close()
+		pacers[i] = newPacer()
+		defer pacers[i].close()
 	}
 	ticks0 := s.cpuTicks()
 	interval := time.Duration(float64(time.Second) / rate)
@@ -636,12 +645,14 @@ type pacer struct {
 	f  *os.File
 }
 
-func newPacer() (*pacer, error) {
+// newPacer returns a timerfd pacer, or one that falls back to time.Sleep where there is
+// no timerfd.
+func newPacer() *pacer {
 	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("timerfd: %w", err)
+		return &pacer{fd: -1}
 	}
-	return &pacer{fd: fd, f: os.NewFile(uintptr(fd), "timerfd")}, nil
+	return &pacer{fd: fd, f: os.NewFile(uintptr(fd), "timerfd")}
 }
 
 func (p *pacer) sleepUntil(t time.Time) {
@@ -650,7 +661,7 @@ func (p *pacer) sleepUntil(t time.Time) {
 		return
 	}
 	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}
-	if err := unix.TimerfdSettime(p.fd, 0, &spec, nil); err != nil {
+	if p.fd < 0 || unix.TimerfdSettime(p.fd, 0, &spec, nil) != nil {
 		time.Sleep(d)
 		return
 	}
@@ -658,7 +669,11 @@ func (p *pacer) sleepUntil(t time.Time) {
 	_, _ = p.f.Read(expirations[:])
 }
 
-func (p *pacer) close() { p.f.Close() }
+func (p *pacer) close() {
+	if p.f != nil {
+		p.f.Close()
+	}
+}
 
 // throughAPIServer creates pods at a fixed rate on the local control plane in four
 // namespaces, in rounds: one no webhook serves; one served by the floor server (a no-op
@@ -763,15 +778,10 @@ const (
 // benchLabel=mode.
 func registerBenchServer(ctx context.Context, cp *harness.ControlPlane, server, mode string) (*serverProc, error) {
 	wio := cp.Env.WebhookInstallOptions
-	addr := harness.FreeAddr()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(server, "-mode", mode, "-port", port, "-cert-dir", wio.LocalServingCertDir)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	s, err := startServer(server, wio.LocalServingCertDir, mode, 0, onAllCPUs)
+	if err != nil {
 		return nil, err
 	}
-	s := &serverProc{cmd: cmd, addr: addr, url: "https://" + addr + "/mutate-v1-pod", done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait() }()
 	whc, err := harness.ShippedWebhookConfiguration()
 	if err != nil {
 		s.stop()
