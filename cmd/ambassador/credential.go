@@ -71,12 +71,17 @@ func newCredential[T any](what, path string, parse func([]byte) (T, error), log 
 // get returns the current value, re-reading the file if it changed since last time.
 func (c *credential[T]) get() (T, error) {
 	fi, err := os.Stat(c.path)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// The same race as in load: the stat resolved ..data to the directory the
+		// kubelet removed just after the swap. load retries on the new files.
+	case err != nil:
 		var zero T
 		return zero, c.failed(err)
-	}
-	if v := c.cur.Load(); v != nil && v.id == fileIDOf(fi) {
-		return v.val, nil
+	default:
+		if v := c.cur.Load(); v != nil && v.id == fileIDOf(fi) {
+			return v.val, nil
+		}
 	}
 	return c.load(false)
 }
