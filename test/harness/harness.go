@@ -8,6 +8,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -339,34 +340,72 @@ func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	logPath := filepath.Join(cp.Dir, "kube-apiserver-restarted.log")
+	// The port is free once the old process is gone, but an outgoing connection may take
+	// it as its local port for a moment (the new apiserver's own etcd clients, a client
+	// redialling the dead one): the new process then exits with "address already in
+	// use". Start it again rather than wait for a process that is gone.
+	for attempt := 1; ; attempt++ {
+		exited, err := cp.startAPIServer(args, logPath)
+		if err != nil {
+			return err
+		}
+		err = cp.waitAPIServerReady(ctx, exited, logPath)
+		if err == nil {
+			return nil
+		}
+		out, _ := os.ReadFile(logPath)
+		if attempt == 5 || !bytes.Contains(out, []byte("address already in use")) {
+			return err
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// startAPIServer starts kube-apiserver with args, logging to logPath; the channel is
+// closed when the process exits.
+func (cp *ControlPlane) startAPIServer(args []string, logPath string) (<-chan struct{}, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("restart kube-apiserver: %w", err)
+		logFile.Close()
+		return nil, fmt.Errorf("restart kube-apiserver: %w", err)
 	}
-	go func() { _ = cmd.Wait() }()
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logFile.Close(); close(exited) }()
 	cp.restarted = append(cp.restarted, cmd)
+	return exited, nil
+}
+
+// waitAPIServerReady polls /readyz until it answers ok, the process exits, or 120 s pass.
+func (cp *ControlPlane) waitAPIServerReady(ctx context.Context, exited <-chan struct{}, logPath string) error {
+	fail := func(err error) error {
+		out, _ := os.ReadFile(logPath)
+		if len(out) > 4000 {
+			out = out[len(out)-4000:]
+		}
+		return fmt.Errorf("kube-apiserver not ready after restart: %w\n%s", err, out)
+	}
 	for deadline := time.Now().Add(120 * time.Second); ; { // a loaded CI machine is slow to start it
 		body, err := cp.Clientset.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		if err == nil && string(body) == "ok" {
 			return nil
 		}
+		select {
+		case <-exited:
+			return fail(errors.New("the process exited"))
+		default:
+		}
 		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(logPath)
-			if len(out) > 4000 {
-				out = out[len(out)-4000:]
-			}
-			return fmt.Errorf("kube-apiserver not ready after restart: %w\n%s", err, out)
+			return fail(err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 }
 
-// findProcess finds a running process by binary name and a string in its arguments.
 func findProcess(name, argContains string) (int, []string, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {

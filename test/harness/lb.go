@@ -9,8 +9,10 @@ import (
 
 // LB is a TCP load balancer on 127.0.0.1 in front of webhook replicas, standing in for a
 // Service: new connections go round-robin to the current backends, established ones
-// stay where they are (as with kube-proxy). Delay holds every new connection before it
-// is forwarded, to make a backend look slow.
+// stay where they are (as with kube-proxy). A delay holds every read from a client
+// before it is forwarded, to make a backend look slow on every request, including
+// those sent on connections already open (a client keeps a connection whose dial
+// finished after its request gave up, and would reuse it without the delay).
 type LB struct {
 	Addr string
 	ln   net.Listener
@@ -40,7 +42,7 @@ func (lb *LB) SetBackends(backends ...string) {
 	lb.backends = backends
 }
 
-// SetDelay holds each new connection for d before forwarding it.
+// SetDelay holds each read from a client for d before forwarding it.
 func (lb *LB) SetDelay(d time.Duration) {
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
@@ -84,7 +86,6 @@ func (lb *LB) forward(client net.Conn) {
 		backend = lb.backends[lb.next%len(lb.backends)]
 		lb.next++
 	}
-	delay := lb.delay
 	lb.mu.Unlock()
 	lb.track(client, true)
 	defer lb.track(client, false)
@@ -92,7 +93,6 @@ func (lb *LB) forward(client net.Conn) {
 	if backend == "" {
 		return
 	}
-	time.Sleep(delay)
 	server, err := net.Dial("tcp", backend)
 	if err != nil {
 		return
@@ -101,10 +101,31 @@ func (lb *LB) forward(client net.Conn) {
 	defer lb.track(server, false)
 	defer server.Close()
 	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(server, client); closeWrite(server); done <- struct{}{} }()
+	go func() { _ = lb.copyDelayed(server, client); closeWrite(server); done <- struct{}{} }()
 	go func() { _, _ = io.Copy(client, server); closeWrite(client); done <- struct{}{} }()
 	<-done
 	<-done
+}
+
+// copyDelayed copies src to dst as io.Copy does, holding each read for the delay set at
+// that moment.
+func (lb *LB) copyDelayed(dst io.Writer, src io.Reader) error {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			lb.mu.Lock()
+			d := lb.delay
+			lb.mu.Unlock()
+			time.Sleep(d)
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 func closeWrite(c net.Conn) {
