@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"reflect"
@@ -36,6 +37,7 @@ func testInjector(t testing.TB, args ...string) *Injector {
 
 // checkPlan proves the properties every plan must have, and returns the patched pod JSON:
 //   - every operation is an "add";
+//   - PatchJSON, with its templates, is byte for byte encoding/json's rendering;
 //   - the patch applies to the input with evanphx/json-patch (as the apiserver does) and
 //     gives exactly the Pod the typed rendering gives;
 //   - planning the output again adds nothing (idempotence);
@@ -54,6 +56,13 @@ func checkPlan(t testing.TB, in *Injector, raw []byte, namespace string, nsAnn m
 	}
 	if viaLib, _ := json.Marshal(ops); !jsonpatch.Equal(opsJSON, viaLib) {
 		t.Fatalf("PatchJSON differs from json.Marshal(Patch()):\n%s\n%s", opsJSON, viaLib)
+	}
+	var plain bytes.Buffer
+	if err := plan.writePatchJSON(&plain, false); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(opsJSON, plain.Bytes()) {
+		t.Fatalf("PatchJSON differs from encoding/json's rendering of the same values:\n%s\n%s", opsJSON, plain.Bytes())
 	}
 	patch, err := jsonpatch.DecodePatch(opsJSON)
 	if err != nil {

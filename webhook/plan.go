@@ -19,7 +19,11 @@ type Injector struct {
 	native     bool
 	resources  corev1.ResourceRequirements
 	excludedNS map[string]bool
-	envVars    []corev1.EnvVar // one per envKeys entry, unprefixed; shared, never mutated
+	envVars    []envVar // one per envKeys entry, unprefixed; shared, never mutated
+	// ambassadorJSON renders the ambassador, and apiURL is PODMETA_API_URL, for the
+	// operator's own port and mode.
+	ambassadorJSON []byte
+	apiURL         envVar
 }
 
 // NewInjector validates cfg. nativeSidecars says whether the ambassador is added as a
@@ -35,8 +39,10 @@ func NewInjector(cfg Config, nativeSidecars bool) (*Injector, error) {
 		in.excludedNS[ns] = true
 	}
 	for _, k := range envKeys {
-		in.envVars = append(in.envVars, k.envVar(k.name))
+		in.envVars = append(in.envVars, newEnvVar(k.envVar(k.name)))
 	}
+	b := &planner{Injector: in, s: &base}
+	in.ambassadorJSON, in.apiURL = mustMarshal(b.ambassadorContainer().Container), b.apiURLVar()
 	return in, nil
 }
 
@@ -186,7 +192,7 @@ type planner struct {
 	hasVolumes bool // spec.volumes exists, in the pod or through an earlier addition
 	// env is what every target gets; envWithURL adds PODMETA_API_URL for containers that
 	// can reach the ambassador.
-	env, envWithURL []corev1.EnvVar
+	env, envWithURL []envVar
 }
 
 func (b *planner) build() error {
@@ -286,6 +292,7 @@ func (b *planner) add(a addition) { b.p.additions = append(b.p.additions, a) }
 
 // planEnvVars computes, once per pod, the env vars targets get.
 func (b *planner) planEnvVars() {
+	b.env = make([]envVar, 0, len(b.envVars)+1)
 	for i, v := range b.envVars {
 		if b.s.Env.has(i) {
 			if b.s.EnvPrefix != "" {
@@ -296,7 +303,7 @@ func (b *planner) planEnvVars() {
 	}
 	b.envWithURL = b.env
 	if b.ambassador {
-		b.envWithURL = append(slices.Clip(b.env), corev1.EnvVar{Name: EnvAPIURL, Value: b.apiURL()})
+		b.envWithURL = append(b.env, b.apiURLVar())
 	}
 }
 
@@ -307,13 +314,13 @@ func (b *planner) planEnv(t containerRef) {
 	if t.init && !b.native {
 		want = b.env // init containers run before a non-native ambassador starts
 	}
-	var add []corev1.EnvVar
+	add := make([]envVar, 0, len(want))
 	for _, w := range want {
 		i := slices.IndexFunc(t.c.Env, func(e envView) bool { return e.Name == w.Name })
 		switch {
 		case i < 0:
 			add = append(add, w)
-		case sameEnv(t.c.Env[i], w):
+		case sameEnv(t.c.Env[i], w.EnvVar):
 			b.note("%s %q: env %s already set as podmeta would", t.kind(), t.c.Name, w.Name)
 		default:
 			b.warn(FeatureEnv, "%s %q defines env %s; kept the pod's value", t.kind(), t.c.Name, w.Name)
@@ -331,7 +338,13 @@ func (b *planner) planEnv(t containerRef) {
 	}
 }
 
-func (b *planner) apiURL() string { return "http://127.0.0.1:" + strconv.Itoa(b.s.AmbassadorPort) }
+// apiURLVar is PODMETA_API_URL: the ambassador's address.
+func (b *planner) apiURLVar() envVar {
+	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.apiURL.tmpl != nil {
+		return b.apiURL
+	}
+	return newEnvVar(corev1.EnvVar{Name: EnvAPIURL, Value: "http://127.0.0.1:" + strconv.Itoa(b.s.AmbassadorPort)})
+}
 
 // sameEnv reports whether the pod's var is exactly what podmeta would add, so a second
 // pass (or a user who wrote the same thing) is quiet.
@@ -372,13 +385,10 @@ func (b *planner) planVolume(targets []containerRef) bool {
 	if !b.s.Volume {
 		return false
 	}
-	want := metadataItems(targets)
 	i := slices.IndexFunc(b.pod.Spec.Volumes, func(v volumeView) bool { return v.Name == VolumeName })
+	want := metadataVolume(targets)
 	if i < 0 {
-		b.addVolume(corev1.Volume{
-			Name:         VolumeName,
-			VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: want}},
-		})
+		b.addVolume(want)
 		b.p.Status.Volume = b.s.VolumePath
 		return true
 	}
@@ -388,7 +398,7 @@ func (b *planner) planVolume(targets []containerRef) bool {
 		return false
 	}
 	var missing []corev1.DownwardAPIVolumeFile
-	for _, item := range want {
+	for _, item := range want.DownwardAPI.Items {
 		if !slices.ContainsFunc(dapi.Items, func(h corev1.DownwardAPIVolumeFile) bool { return h.Path == item.Path }) {
 			missing = append(missing, item)
 		}
@@ -402,9 +412,9 @@ func (b *planner) planVolume(targets []containerRef) bool {
 	return true
 }
 
-// metadataItems lists the metadata volume's files: pod identity, labels, annotations,
-// and per target container its resource requests and limits.
-func metadataItems(targets []containerRef) []corev1.DownwardAPIVolumeFile {
+// metadataVolume is the metadata volume's files: pod identity, labels, annotations, and
+// per target container its resource requests and limits.
+func metadataVolume(targets []containerRef) volume {
 	items := make([]corev1.DownwardAPIVolumeFile, 0, 5+6*len(targets))
 	for _, f := range [...]struct{ path, field string }{
 		{"name", "metadata.name"}, {"namespace", "metadata.namespace"}, {"uid", "metadata.uid"},
@@ -412,23 +422,38 @@ func metadataItems(targets []containerRef) []corev1.DownwardAPIVolumeFile {
 	} {
 		items = append(items, corev1.DownwardAPIVolumeFile{Path: f.path, FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: f.field}})
 	}
-	for _, t := range targets {
-		for _, f := range [...]struct {
-			file, res string
-			div       resource.Quantity
-		}{
-			{"cpu_request_millicores", "requests.cpu", divisorMilli},
-			{"cpu_limit_millicores", "limits.cpu", divisorMilli},
-			{"memory_request_bytes", "requests.memory", divisorOne},
-			{"memory_limit_bytes", "limits.memory", divisorOne},
-			{"ephemeral_storage_request_bytes", "requests.ephemeral-storage", divisorOne},
-			{"ephemeral_storage_limit_bytes", "limits.ephemeral-storage", divisorOne},
-		} {
-			items = append(items, corev1.DownwardAPIVolumeFile{
-				Path:             "containers/" + t.c.Name + "/" + f.file,
-				ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: t.c.Name, Resource: f.res, Divisor: f.div},
-			})
-		}
+	names := make([]string, len(targets))
+	for i, t := range targets {
+		names[i] = t.c.Name
+		items = append(items, containerMetadataItems(t.c.Name)...)
+	}
+	return volume{
+		Volume: corev1.Volume{
+			Name:         VolumeName,
+			VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: items}},
+		},
+		metadataFor: names,
+	}
+}
+
+// containerMetadataItems are the metadata volume's files for one container.
+func containerMetadataItems(name string) []corev1.DownwardAPIVolumeFile {
+	items := make([]corev1.DownwardAPIVolumeFile, 0, 6)
+	for _, f := range [...]struct {
+		file, res string
+		div       resource.Quantity
+	}{
+		{"cpu_request_millicores", "requests.cpu", divisorMilli},
+		{"cpu_limit_millicores", "limits.cpu", divisorMilli},
+		{"memory_request_bytes", "requests.memory", divisorOne},
+		{"memory_limit_bytes", "limits.memory", divisorOne},
+		{"ephemeral_storage_request_bytes", "requests.ephemeral-storage", divisorOne},
+		{"ephemeral_storage_limit_bytes", "limits.ephemeral-storage", divisorOne},
+	} {
+		items = append(items, corev1.DownwardAPIVolumeFile{
+			Path:             "containers/" + name + "/" + f.file,
+			ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: name, Resource: f.res, Divisor: f.div},
+		})
 	}
 	return items
 }
@@ -446,7 +471,7 @@ func (b *planner) planMount(t containerRef) {
 			return
 		}
 	}
-	b.add(addMount{ref: t, mount: corev1.VolumeMount{Name: VolumeName, MountPath: b.s.VolumePath, ReadOnly: true}})
+	b.add(addMount{ref: t, mount: metadataMountAt(b.s.VolumePath)})
 	b.p.Status.Mounts = append(b.p.Status.Mounts, t.c.Name)
 }
 
@@ -558,7 +583,7 @@ func (b *planner) planAmbassador() {
 		}
 	}
 	if !slices.ContainsFunc(pod.Spec.Volumes, func(v volumeView) bool { return v.Name == AmbassadorTokenVolumeName }) {
-		b.addVolume(ambassadorTokenVolume())
+		b.addVolume(volume{Volume: ambassadorTokenVolume()})
 	}
 	c := b.ambassadorContainer()
 	if b.native {
@@ -572,7 +597,7 @@ func (b *planner) planAmbassador() {
 
 // addVolume adds a pod volume; the first one added to a pod without spec.volumes
 // creates the list.
-func (b *planner) addVolume(v corev1.Volume) {
+func (b *planner) addVolume(v volume) {
 	b.add(addVolume{hadVolumes: b.hasVolumes, vol: v})
 	b.hasVolumes = true
 }
@@ -613,7 +638,7 @@ func ambassadorTokenVolume() corev1.Volume {
 // ambassadorContainer builds the sidecar from operator config only: an annotation may
 // pick its port and mode, never its image or resources. Its securityContext meets the
 // "restricted" Pod Security level.
-func (b *planner) ambassadorContainer() corev1.Container {
+func (b *planner) ambassadorContainer() ambassador {
 	health := b.s.AmbassadorHealthPort()
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
@@ -653,7 +678,11 @@ func (b *planner) ambassadorContainer() corev1.Container {
 		always := corev1.ContainerRestartPolicyAlways
 		c.RestartPolicy = &always
 	}
-	return c
+	a := ambassador{Container: c}
+	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.s.AmbassadorMode == b.base.AmbassadorMode {
+		a.json = b.ambassadorJSON // nil while NewInjector renders it
+	}
+	return a
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -48,7 +48,7 @@ func add(path string, value any) jsonpatch.Operation {
 // addOrAppend adds value to the array at path: the whole array when it does not exist.
 func addOrAppend[T any](ops []jsonpatch.Operation, path string, exists bool, values ...T) []jsonpatch.Operation {
 	if !exists {
-		return append(ops, add(path, values))
+		return append(ops, add(path, list[T](values)))
 	}
 	for _, v := range values {
 		ops = append(ops, add(path+"/-", v))
@@ -67,16 +67,16 @@ func (r containerRef) typed(pod *corev1.Pod) *corev1.Container {
 // them resolve.
 type addEnv struct {
 	ref  containerRef
-	vars []corev1.EnvVar
+	vars []envVar
 }
 
 func (a addEnv) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	path := a.ref.path() + "/env"
 	if a.ref.c.Env == nil {
-		return append(ops, add(path, a.vars))
+		return append(ops, add(path, list[envVar](a.vars)))
 	}
-	for i, v := range a.vars {
-		ops = append(ops, add(path+"/"+strconv.Itoa(i), v))
+	for i := range a.vars {
+		ops = append(ops, add(path+"/"+strconv.Itoa(i), &a.vars[i])) // a pointer: no copy into the interface
 	}
 	return ops
 }
@@ -85,14 +85,14 @@ func (a addEnv) apply(pod *corev1.Pod) {
 	c := a.ref.typed(pod)
 	vars := make([]corev1.EnvVar, 0, len(a.vars)+len(c.Env))
 	for _, v := range a.vars {
-		vars = append(vars, *v.DeepCopy()) // a.vars may share the Injector's templates
+		vars = append(vars, *v.DeepCopy()) // a.vars share the Injector's valueFrom
 	}
 	c.Env = append(vars, c.Env...)
 }
 
 type addMount struct {
 	ref   containerRef
-	mount corev1.VolumeMount
+	mount metadataMount
 }
 
 func (a addMount) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
@@ -101,11 +101,11 @@ func (a addMount) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 
 func (a addMount) apply(pod *corev1.Pod) {
 	c := a.ref.typed(pod)
-	c.VolumeMounts = append(c.VolumeMounts, a.mount)
+	c.VolumeMounts = append(c.VolumeMounts, a.mount.VolumeMount)
 }
 
 type addVolume struct {
-	vol        corev1.Volume
+	vol        volume
 	hadVolumes bool
 }
 
@@ -113,7 +113,9 @@ func (a addVolume) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	return addOrAppend(ops, "/spec/volumes", a.hadVolumes, a.vol)
 }
 
-func (a addVolume) apply(pod *corev1.Pod) { pod.Spec.Volumes = append(pod.Spec.Volumes, a.vol) }
+func (a addVolume) apply(pod *corev1.Pod) {
+	pod.Spec.Volumes = append(pod.Spec.Volumes, *a.vol.DeepCopy()) // a.vol may share podmeta's constants
+}
 
 // addVolumeItems completes podmeta's existing metadata volume.
 type addVolumeItems struct {
@@ -190,7 +192,7 @@ func (a addStorage) apply(pod *corev1.Pod) {
 // addContainer adds the ambassador: first among init containers as a native sidecar, so
 // it runs before the other init containers, or last among containers otherwise.
 type addContainer struct {
-	c       corev1.Container
+	c       ambassador
 	init    bool
 	hadList bool
 }
@@ -198,7 +200,7 @@ type addContainer struct {
 func (a addContainer) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	switch {
 	case !a.hadList && a.init:
-		return append(ops, add("/spec/initContainers", []corev1.Container{a.c}))
+		return append(ops, add("/spec/initContainers", list[ambassador]{a.c}))
 	case a.init:
 		return append(ops, add("/spec/initContainers/0", a.c))
 	default:
@@ -208,10 +210,10 @@ func (a addContainer) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 
 func (a addContainer) apply(pod *corev1.Pod) {
 	if a.init {
-		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, a.c)
+		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, a.c.Container)
 		return
 	}
-	pod.Spec.Containers = append(pod.Spec.Containers, a.c)
+	pod.Spec.Containers = append(pod.Spec.Containers, a.c.Container)
 }
 
 // setAnnotation adds (or, for podmeta's own status key, updates) an annotation.
@@ -224,7 +226,7 @@ func (a setAnnotation) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	if !a.hadAnnotations {
 		return append(ops, add("/metadata/annotations", map[string]string{a.key: a.value}))
 	}
-	return append(ops, add("/metadata/annotations/"+escapePointer(a.key), a.value))
+	return append(ops, add("/metadata/annotations/"+escapePointer(a.key), text(a.value)))
 }
 
 func (a setAnnotation) apply(pod *corev1.Pod) {
@@ -248,11 +250,15 @@ func (p *Plan) PatchJSON() ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-// WritePatchJSON writes Patch serialized into buf (the handler passes a pooled one). It
-// writes each operation's envelope itself: jsonpatch.Operation's own MarshalJSON
-// marshals every operation twice over (once inside, once compacting the result), which
-// costs more than the whole plan.
-func (p *Plan) WritePatchJSON(buf *bytes.Buffer) error {
+// WritePatchJSON writes Patch serialized into buf (the handler passes a pooled one).
+func (p *Plan) WritePatchJSON(buf *bytes.Buffer) error { return p.writePatchJSON(buf, true) }
+
+// writePatchJSON writes each operation's envelope itself: jsonpatch.Operation's own
+// MarshalJSON marshals every operation twice over (once inside, once compacting the
+// result), which costs more than the whole plan. With fast, a value that can write its
+// own JSON does (see fastValue); without, encoding/json renders every value: checkPlan
+// proves both give the same bytes.
+func (p *Plan) writePatchJSON(buf *bytes.Buffer, fast bool) error {
 	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false)
 	buf.WriteByte('[')
@@ -261,8 +267,16 @@ func (p *Plan) WritePatchJSON(buf *bytes.Buffer) error {
 			buf.WriteByte(',')
 		}
 		buf.WriteString(`{"op":"add","path":`)
-		buf.Write(strconv.AppendQuote(buf.AvailableBuffer(), op.Path)) // paths are ASCII: indexes, DNS names, escaped keys
+		if !fast || !text(op.Path).appendJSON(buf) {
+			buf.Write(mustMarshal(op.Path))
+		}
 		buf.WriteString(`,"value":`)
+		start := buf.Len()
+		if f, ok := op.Value.(fastValue); ok && fast && f.appendJSON(buf) {
+			buf.WriteByte('}')
+			continue
+		}
+		buf.Truncate(start)
 		if err := enc.Encode(op.Value); err != nil {
 			return fmt.Errorf("marshal %s: %w", op.Path, err)
 		}
@@ -271,4 +285,188 @@ func (p *Plan) WritePatchJSON(buf *bytes.Buffer) error {
 	}
 	buf.WriteByte(']')
 	return nil
+}
+
+// Rendering without reflection. encoding/json walks every value by reflection on every
+// request, yet most of what podmeta adds is the same each time: the env vars' valueFrom,
+// the metadata volume's items, the mounts, the ambassador and its token volume. A
+// template is encoding/json's own rendering of such a value, made once, with one string
+// left open (the hole): a var's name, a container's name, a mount path. Filling the hole
+// writes exactly what encoding/json writes for the value built with that string. Only
+// the splicing is podmeta's; every byte between holes is encoding/json's, and checkPlan
+// compares the result with a plain encoding/json rendering on every golden and fuzzed
+// plan.
+
+// fastValue is a patch value that can write its own JSON. appendJSON reports false when
+// it cannot (a string a template cannot hold verbatim); the value is then encoded by
+// encoding/json, which renders every fastValue the same, as its embedded typed value.
+type fastValue interface {
+	appendJSON(buf *bytes.Buffer) bool
+}
+
+// template is a JSON rendering split at its holes.
+type template [][]byte
+
+// hole is the string a template is rendered with; encoding/json writes it as \u0000,
+// which nothing else in podmeta's values contains.
+const hole = "\x00"
+
+func newTemplate(v any) template {
+	return bytes.Split(mustMarshal(v), []byte(`\u0000`))
+}
+
+// fill writes the template with s in every hole, when s needs no escaping.
+func (t template) fill(buf *bytes.Buffer, s string) bool {
+	if !printable(s) || strings.ContainsAny(s, `"\\`) {
+		return false
+	}
+	for i, part := range t {
+		if i > 0 {
+			buf.WriteString(s)
+		}
+		buf.Write(part)
+	}
+	return true
+}
+
+// mustMarshal renders one of podmeta's own values as WritePatchJSON's encoder does.
+func mustMarshal(v any) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		panic(err) // podmeta's own values always marshal
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
+// text is a string value: JSON text such as podmeta's status record, a path.
+type text string
+
+// appendJSON writes printable ASCII, escaping only '"' and '\\' as encoding/json does.
+func (t text) appendJSON(buf *bytes.Buffer) bool {
+	if !printable(string(t)) {
+		return false
+	}
+	buf.WriteByte('"')
+	rest := string(t)
+	for i := strings.IndexAny(rest, `"\\`); i >= 0; i = strings.IndexAny(rest, `"\\`) {
+		buf.WriteString(rest[:i])
+		buf.WriteByte('\\')
+		buf.WriteByte(rest[i])
+		rest = rest[i+1:]
+	}
+	buf.WriteString(rest)
+	buf.WriteByte('"')
+	return true
+}
+
+// printable reports whether s is printable ASCII, which encoding/json writes as it is
+// but for '"' and '\\'.
+func printable(s string) bool {
+	for i := range len(s) {
+		if c := s[i]; c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// list is an array value whose elements may be fastValues.
+type list[T any] []T
+
+func (l list[T]) appendJSON(buf *bytes.Buffer) bool {
+	buf.WriteByte('[')
+	for i, v := range l {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		if f, ok := any(v).(fastValue); !ok || !f.appendJSON(buf) {
+			return false
+		}
+	}
+	buf.WriteByte(']')
+	return true
+}
+
+// envVar is an env var podmeta adds; tmpl renders it with the hole at its name, so a
+// prefix changes nothing else.
+type envVar struct {
+	corev1.EnvVar
+	tmpl template
+}
+
+func (v envVar) appendJSON(buf *bytes.Buffer) bool { return v.tmpl.fill(buf, v.Name) }
+
+func newEnvVar(v corev1.EnvVar) envVar {
+	named := v
+	named.Name = hole
+	return envVar{EnvVar: v, tmpl: newTemplate(named)}
+}
+
+// metadataMount mounts the metadata volume.
+type metadataMount struct{ corev1.VolumeMount }
+
+var mountTemplate = newTemplate(metadataMountAt(hole).VolumeMount)
+
+func metadataMountAt(path string) metadataMount {
+	return metadataMount{corev1.VolumeMount{Name: VolumeName, MountPath: path, ReadOnly: true}}
+}
+
+func (m metadataMount) appendJSON(buf *bytes.Buffer) bool {
+	return mountTemplate.fill(buf, m.MountPath)
+}
+
+// volume is a pod volume podmeta adds: the metadata volume, whose items cover the
+// containers listed in metadataFor, or the ambassador's token volume.
+type volume struct {
+	corev1.Volume
+	metadataFor []string
+}
+
+var (
+	tokenVolumeJSON = mustMarshal(ambassadorTokenVolume())
+	// The metadata volume renders as head (up to its pod-wide items), then per container
+	// ","+containerItems with the name filled, then tail.
+	metadataHead, metadataTail = func() ([]byte, []byte) {
+		b := mustMarshal(metadataVolume(nil).Volume)
+		i := bytes.LastIndexByte(b, ']')
+		return b[:i], b[i:]
+	}()
+	containerItems = func() template {
+		t := newTemplate(containerMetadataItems(hole))
+		t[0], t[len(t)-1] = t[0][1:], t[len(t)-1][:len(t[len(t)-1])-1] // without [ and ]
+		return t
+	}()
+)
+
+func (v volume) appendJSON(buf *bytes.Buffer) bool {
+	switch v.Name {
+	case AmbassadorTokenVolumeName:
+		buf.Write(tokenVolumeJSON)
+		return true
+	case VolumeName:
+		buf.Write(metadataHead)
+		for _, c := range v.metadataFor {
+			buf.WriteByte(',')
+			if !containerItems.fill(buf, c) {
+				return false
+			}
+		}
+		buf.Write(metadataTail)
+		return true
+	}
+	return false
+}
+
+// ambassador is the sidecar; json is its rendering when made ahead (for the operator's
+// own port and mode), nil otherwise.
+type ambassador struct {
+	corev1.Container
+	json []byte
+}
+
+func (a ambassador) appendJSON(buf *bytes.Buffer) bool {
+	buf.Write(a.json)
+	return a.json != nil
 }
