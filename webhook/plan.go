@@ -20,10 +20,10 @@ type Injector struct {
 	resources  corev1.ResourceRequirements
 	excludedNS map[string]bool
 	envVars    []envVar // one per envKeys entry, unprefixed; shared, never mutated
-	// ambassadorJSON renders the ambassador, and apiURL is PODMETA_API_URL, for the
-	// operator's own port and mode.
-	ambassadorJSON []byte
-	apiURL         envVar
+	// The ambassador, rendered, and PODMETA_API_URL for the operator's own port and
+	// mode: shared, never mutated.
+	ambassador ambassador
+	apiURL     envVar
 }
 
 // NewInjector validates cfg. nativeSidecars says whether the ambassador is added as a
@@ -42,7 +42,8 @@ func NewInjector(cfg Config, nativeSidecars bool) (*Injector, error) {
 		in.envVars = append(in.envVars, newEnvVar(k.envVar(k.name)))
 	}
 	b := &planner{Injector: in, s: &base}
-	in.ambassadorJSON, in.apiURL = mustMarshal(b.ambassadorContainer().Container), b.apiURLVar()
+	in.ambassador, in.apiURL = b.ambassadorContainer(), b.apiURLVar()
+	in.ambassador.json = mustMarshal(in.ambassador.Container)
 	return in, nil
 }
 
@@ -639,6 +640,9 @@ func ambassadorTokenVolume() corev1.Volume {
 // pick its port and mode, never its image or resources. Its securityContext meets the
 // "restricted" Pod Security level.
 func (b *planner) ambassadorContainer() ambassador {
+	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.s.AmbassadorMode == b.base.AmbassadorMode && b.Injector.ambassador.json != nil {
+		return b.Injector.ambassador
+	}
 	health := b.s.AmbassadorHealthPort()
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
@@ -678,11 +682,7 @@ func (b *planner) ambassadorContainer() ambassador {
 		always := corev1.ContainerRestartPolicyAlways
 		c.RestartPolicy = &always
 	}
-	a := ambassador{Container: c}
-	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.s.AmbassadorMode == b.base.AmbassadorMode {
-		a.json = b.ambassadorJSON // nil while NewInjector renders it
-	}
-	return a
+	return ambassador{Container: c}
 }
 
 func ptr[T any](v T) *T { return &v }

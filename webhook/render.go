@@ -210,10 +210,10 @@ func (a addContainer) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 
 func (a addContainer) apply(pod *corev1.Pod) {
 	if a.init {
-		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, a.c.Container)
+		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, *a.c.DeepCopy())
 		return
 	}
-	pod.Spec.Containers = append(pod.Spec.Containers, a.c.Container)
+	pod.Spec.Containers = append(pod.Spec.Containers, *a.c.DeepCopy()) // a.c may be the Injector's
 }
 
 // setAnnotation adds (or, for podmeta's own status key, updates) an annotation.
@@ -459,8 +459,8 @@ func (v volume) appendJSON(buf *bytes.Buffer) bool {
 	return false
 }
 
-// ambassador is the sidecar; json is its rendering when made ahead (for the operator's
-// own port and mode), nil otherwise.
+// ambassador is the sidecar; json is its rendering when made ahead (the Injector's, for
+// the operator's own port and mode), nil otherwise.
 type ambassador struct {
 	corev1.Container
 	json []byte
