@@ -162,3 +162,30 @@ func subsetPath(a, b any, path string) string {
 		return ""
 	}
 }
+
+// TestPatchJSONOddStrings feeds the templates strings they must not hold verbatim: a
+// container name or mount path with a quote, a backslash, a control character, non-ASCII
+// or HTML characters. The apiserver rejects such a pod only after admission, so the
+// patch must still be exactly what encoding/json writes (checkPlan compares the bytes).
+func TestPatchJSONOddStrings(t *testing.T) {
+	in := testInjector(t)
+	for _, name := range []string{`q"uote`, `back\slash`, "ctl\u0001", "ünïcode", "line\u2028sep", "<b>&amp;"} {
+		t.Run(name, func(t *testing.T) {
+			pod := map[string]any{
+				"metadata": map[string]any{"name": "p", "annotations": map[string]string{
+					AnnotationAmbassador: "true", AnnotationVolumePath: "/etc/" + name, AnnotationEnvPrefix: "X_",
+				}},
+				"spec": map[string]any{"containers": []any{map[string]any{"name": name}, map[string]any{"name": "plain"}}},
+			}
+			raw, _ := json.Marshal(pod)
+			plan, err := in.PlanPod(raw, "odd", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			patch := checkPlan(t, in, raw, "odd", nil, plan)
+			if !bytes.Contains(patch, []byte(`"X_POD_NAME"`)) {
+				t.Fatalf("planned nothing: %s", patch)
+			}
+		})
+	}
+}

@@ -9,7 +9,8 @@
 // ambassador sidecar with PODMETA_API_URL — plus admission warnings. A Plan renders
 // either as JSON-patch "add" operations (Patch, PatchJSON: the webhook) or onto a typed
 // corev1.Pod (Apply); both walk the same additions, and the golden tests prove they give
-// the same pod.
+// the same pod. PatchJSON writes what is constant in those additions from templates that
+// encoding/json rendered once; the tests prove its bytes equal encoding/json's own.
 //
 // Every plan obeys the rules of DESIGN.md: what the pod already defines wins (podmeta
 // skips its own addition and warns); operations only add; our env vars go before the

@@ -22,8 +22,8 @@ type Injector struct {
 	envVars    []envVar // one per envKeys entry, unprefixed; shared, never mutated
 	// The ambassador, rendered, and PODMETA_API_URL for the operator's own port and
 	// mode: shared, never mutated.
-	ambassador ambassador
-	apiURL     envVar
+	baseAmbassador ambassador
+	baseAPIURL     envVar
 }
 
 // NewInjector validates cfg. nativeSidecars says whether the ambassador is added as a
@@ -42,8 +42,8 @@ func NewInjector(cfg Config, nativeSidecars bool) (*Injector, error) {
 		in.envVars = append(in.envVars, newEnvVar(k.envVar(k.name)))
 	}
 	b := &planner{Injector: in, s: &base}
-	in.ambassador, in.apiURL = b.ambassadorContainer(), b.apiURLVar()
-	in.ambassador.json = mustMarshal(in.ambassador.Container)
+	in.baseAmbassador, in.baseAPIURL = b.ambassadorContainer(), b.apiURLVar()
+	in.baseAmbassador.json = mustMarshal(in.baseAmbassador.Container)
 	return in, nil
 }
 
@@ -304,7 +304,8 @@ func (b *planner) planEnvVars() {
 	}
 	b.envWithURL = b.env
 	if b.ambassador {
-		b.envWithURL = append(b.env, b.apiURLVar())
+		// Into b.env's spare capacity, which nothing else appends to.
+		b.envWithURL = append(b.envWithURL, b.apiURLVar())
 	}
 }
 
@@ -341,8 +342,8 @@ func (b *planner) planEnv(t containerRef) {
 
 // apiURLVar is PODMETA_API_URL: the ambassador's address.
 func (b *planner) apiURLVar() envVar {
-	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.apiURL.tmpl != nil {
-		return b.apiURL
+	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.baseAPIURL.tmpl != nil {
+		return b.baseAPIURL
 	}
 	return newEnvVar(corev1.EnvVar{Name: EnvAPIURL, Value: "http://127.0.0.1:" + strconv.Itoa(b.s.AmbassadorPort)})
 }
@@ -413,8 +414,8 @@ func (b *planner) planVolume(targets []containerRef) bool {
 	return true
 }
 
-// metadataVolume is the metadata volume's files: pod identity, labels, annotations, and
-// per target container its resource requests and limits.
+// metadataVolume is the metadata volume. Its files are the pod's identity, labels and
+// annotations, and per target container its resource requests and limits.
 func metadataVolume(targets []containerRef) volume {
 	items := make([]corev1.DownwardAPIVolumeFile, 0, 5+6*len(targets))
 	for _, f := range [...]struct{ path, field string }{
@@ -640,8 +641,8 @@ func ambassadorTokenVolume() corev1.Volume {
 // pick its port and mode, never its image or resources. Its securityContext meets the
 // "restricted" Pod Security level.
 func (b *planner) ambassadorContainer() ambassador {
-	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.s.AmbassadorMode == b.base.AmbassadorMode && b.Injector.ambassador.json != nil {
-		return b.Injector.ambassador
+	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.s.AmbassadorMode == b.base.AmbassadorMode && b.baseAmbassador.json != nil {
+		return b.baseAmbassador
 	}
 	health := b.s.AmbassadorHealthPort()
 	probe := func(path string, period, failures int32) *corev1.Probe {

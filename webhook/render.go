@@ -113,9 +113,7 @@ func (a addVolume) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	return addOrAppend(ops, "/spec/volumes", a.hadVolumes, a.vol)
 }
 
-func (a addVolume) apply(pod *corev1.Pod) {
-	pod.Spec.Volumes = append(pod.Spec.Volumes, *a.vol.DeepCopy()) // a.vol may share podmeta's constants
-}
+func (a addVolume) apply(pod *corev1.Pod) { pod.Spec.Volumes = append(pod.Spec.Volumes, a.vol.Volume) }
 
 // addVolumeItems completes podmeta's existing metadata volume.
 type addVolumeItems struct {
