@@ -34,7 +34,8 @@ demo: build k8s ## Start a local control plane and podmeta, inject sample pods, 
 
 .PHONY: test
 test: vet k8s $(BIN)/helm ## Run every test: engine goldens, CLI, fuzzing, integration on a real apiserver.
-	go test -count=1 ./webhook/... ./cmd/... ./certs/... ./hack/...
+	@# -race: the handler, the Injector and the ambassador serve concurrent requests.
+	go test -count=1 -race ./webhook/... ./cmd/... ./certs/... ./hack/...
 	@# One control plane at a time: each package starts its own etcd + kube-apiserver,
 	@# and two of them on two cores make each other's timing tests flaky.
 	go test -count=1 -p 1 ./test/...

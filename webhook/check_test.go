@@ -6,6 +6,8 @@ import (
 	"flag"
 	"reflect"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -165,15 +167,15 @@ func subsetPath(a, b any, path string) string {
 
 // TestPatchJSONOddStrings feeds the templates strings they must not hold verbatim: a
 // container name or mount path with a quote, a backslash, a control character, non-ASCII
-// or HTML characters. The apiserver rejects such a pod only after admission, so the
+// or HTML characters, and an empty container name (an omitempty field). The apiserver rejects such a pod only after admission, so the
 // patch must still be exactly what encoding/json writes (checkPlan compares the bytes).
 func TestPatchJSONOddStrings(t *testing.T) {
 	in := testInjector(t)
-	for _, name := range []string{`q"uote`, `back\slash`, "ctl\u0001", "ünïcode", "line\u2028sep", "<b>&amp;"} {
+	for _, name := range []string{"", `q"uote`, `back\slash`, "ctl\u0001", "ünïcode", "line\u2028sep", "<b>&amp;", `lit\u0000`} {
 		t.Run(name, func(t *testing.T) {
 			pod := map[string]any{
 				"metadata": map[string]any{"name": "p", "annotations": map[string]string{
-					AnnotationAmbassador: "true", AnnotationVolumePath: "/etc/" + name, AnnotationEnvPrefix: "X_",
+					AnnotationAmbassador: "true", AnnotationVolumePath: "/etc/x" + name, AnnotationEnvPrefix: "X_",
 				}},
 				"spec": map[string]any{"containers": []any{map[string]any{"name": name}, map[string]any{"name": "plain"}}},
 			}
@@ -187,5 +189,85 @@ func TestPatchJSONOddStrings(t *testing.T) {
 				t.Fatalf("planned nothing: %s", patch)
 			}
 		})
+	}
+}
+
+// TestInjectorConcurrent plans, renders and applies pods from several goroutines on one
+// Injector, as the handler does, then mutates the applied pods. make test runs it with
+// -race: the Injector's templates, cached ambassador and storage defaults may only be
+// read. Without -race it still checks that nothing a request did changed what the next
+// one gets.
+func TestInjectorConcurrent(t *testing.T) {
+	flags := []string{"--ephemeral-storage-limit=1024Mi", "--env=all"} // 1024Mi: not canonical text
+	pod := func(ann map[string]string, container map[string]any) []byte {
+		b, _ := json.Marshal(map[string]any{
+			"metadata": map[string]any{"name": "p", "annotations": ann},
+			"spec":     map[string]any{"containers": []any{container}},
+		})
+		return b
+	}
+	pods := [][]byte{
+		// requests more than the default limit: warned about with the limit's text
+		pod(map[string]string{AnnotationAmbassador: "true"}, map[string]any{"name": "a", "resources": map[string]any{"requests": map[string]any{"ephemeral-storage": "2Gi"}}}),
+		// the ambassador on the operator's port (the cached one) and on another
+		pod(map[string]string{AnnotationAmbassador: "true"}, map[string]any{"name": "b", "env": []any{map[string]any{"name": "X", "value": "1"}}}),
+		pod(map[string]string{AnnotationAmbassador: "true", AnnotationAmbassadorPort: "9000"}, map[string]any{"name": "c"}),
+		// a request above the limit: denied, naming both quantities
+		pod(map[string]string{AnnotationEphemeralStorageRequest: "2Gi"}, map[string]any{"name": "d"}),
+	}
+	render := func(in *Injector, raw []byte) string {
+		plan, err := in.PlanPod(raw, "ns", nil)
+		if err != nil {
+			return err.Error()
+		}
+		js, err := plan.PatchJSON()
+		var plain bytes.Buffer // from the typed values, which Apply and explain use too
+		if err == nil {
+			err = plan.writePatchJSON(&plain, false)
+		}
+		if err != nil {
+			t.Error(err)
+		}
+		return string(js) + "\n" + plain.String() + "\n" + strings.Join(plan.Warnings, "\n")
+	}
+	in := testInjector(t, flags...)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 50 {
+				for _, raw := range pods {
+					render(in, raw)
+					plan, err := in.PlanPod(raw, "ns", nil)
+					if err != nil {
+						continue
+					}
+					var typed corev1.Pod
+					if err := json.Unmarshal(raw, &typed); err != nil {
+						t.Error(err)
+						return
+					}
+					plan.Apply(&typed)
+					for _, list := range [][]corev1.Container{typed.Spec.InitContainers, typed.Spec.Containers} {
+						for i := range list {
+							c := &list[i]
+							c.Args = append(c.Args[:min(1, len(c.Args))], "--mutated")
+							for j := range c.Env {
+								c.Env[j].Name += "_MUTATED"
+								if f := c.Env[j].ValueFrom; f != nil && f.FieldRef != nil {
+									f.FieldRef.FieldPath = "mutated"
+								}
+							}
+						}
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	fresh := testInjector(t, flags...)
+	for i, raw := range pods {
+		if got, want := render(in, raw), render(fresh, raw); got != want {
+			t.Errorf("pod %d: after concurrent use the Injector gives\n%s\nwant\n%s", i, got, want)
+		}
 	}
 }

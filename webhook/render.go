@@ -290,7 +290,8 @@ func (p *Plan) writePatchJSON(buf *bytes.Buffer, fast bool) error {
 // the metadata volume's items, the mounts, the ambassador and its token volume. A
 // template is encoding/json's own rendering of such a value, made once, with one string
 // left open (the hole): a var's name, a container's name, a mount path. Filling the hole
-// writes exactly what encoding/json writes for the value built with that string. Only
+// with a non-empty string that needs no escaping writes exactly what encoding/json writes
+// for the value built with that string; any other string goes to encoding/json. Only
 // the splicing is podmeta's; every byte between holes is encoding/json's, and checkPlan
 // compares the result with a plain encoding/json rendering on every golden and fuzzed
 // plan.
@@ -313,9 +314,10 @@ func newTemplate(v any) template {
 	return bytes.Split(mustMarshal(v), []byte(`\u0000`))
 }
 
-// fill writes the template with s in every hole, when s needs no escaping.
+// fill writes the template with s in every hole, when s needs no escaping and is not
+// empty (encoding/json omits an empty omitempty field the template holds).
 func (t template) fill(buf *bytes.Buffer, s string) bool {
-	if !printable(s) || strings.ContainsAny(s, `"\\`) {
+	if s == "" || !printable(s) || strings.ContainsAny(s, `"\\`) {
 		return false
 	}
 	for i, part := range t {

@@ -257,6 +257,9 @@ func parseStorage(dst **resource.Quantity, v string) string {
 	if err != nil || q.Sign() <= 0 {
 		return "must be a positive quantity such as 64Mi or 1Gi, or none"
 	}
+	// String caches its text inside q. Fill that cache now, before every request shares
+	// the operator's q, so that formatting it later (warnings, denials) only reads.
+	_ = q.String()
 	*dst = &q
 	return ""
 }
