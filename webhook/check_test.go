@@ -271,3 +271,35 @@ func TestInjectorConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestPatchJSONUsesTemplates keeps the fast rendering in use: with every feature on, an
+// ordinary pod's additions must all be written from templates, but for the storage
+// quantities (left to encoding/json: a few µs). The other tests cannot tell, since the
+// fallback gives the same bytes.
+func TestPatchJSONUsesTemplates(t *testing.T) {
+	in := testInjector(t)
+	for _, initContainers := range []bool{false, true} { // the ambassador as a new list, or first in one
+		spec := map[string]any{"containers": []any{
+			map[string]any{"name": "web", "env": []any{map[string]any{"name": "A", "value": "1"}}, "volumeMounts": []any{map[string]any{"name": "data", "mountPath": "/data"}}},
+			map[string]any{"name": "sidecar"},
+		}, "volumes": []any{map[string]any{"name": "data", "emptyDir": map[string]any{}}}}
+		if initContainers {
+			spec["initContainers"] = []any{map[string]any{"name": "init"}}
+			delete(spec, "volumes")
+		}
+		raw, _ := json.Marshal(map[string]any{"metadata": map[string]any{"name": "p", "annotations": map[string]string{AnnotationAmbassador: "true"}}, "spec": spec})
+		plan, err := in.PlanPod(raw, "ns", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range plan.Patch() {
+			if strings.HasSuffix(op.Path, "/ephemeral-storage") || strings.HasSuffix(op.Path, "/resources") {
+				continue
+			}
+			var buf bytes.Buffer
+			if f, ok := op.Value.(fastValue); !ok || !f.appendJSON(&buf) {
+				t.Errorf("%s (%T) is rendered by encoding/json, not from a template", op.Path, op.Value)
+			}
+		}
+	}
+}

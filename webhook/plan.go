@@ -22,7 +22,7 @@ type Injector struct {
 	envVars    []envVar // one per envKeys entry, unprefixed; shared, never mutated
 	// The ambassador, rendered, and PODMETA_API_URL for the operator's own port and
 	// mode: shared, never mutated.
-	baseAmbassador ambassador
+	baseAmbassador *ambassador
 	baseAPIURL     envVar
 }
 
@@ -388,7 +388,10 @@ func (b *planner) planVolume(targets []containerRef) bool {
 		return false
 	}
 	i := slices.IndexFunc(b.pod.Spec.Volumes, func(v volumeView) bool { return v.Name == VolumeName })
-	want := metadataVolume(targets)
+	want := make(metadataVolume, len(targets))
+	for j, t := range targets {
+		want[j] = t.c.Name
+	}
 	if i < 0 {
 		b.addVolume(want)
 		b.p.Status.Volume = b.s.VolumePath
@@ -400,7 +403,7 @@ func (b *planner) planVolume(targets []containerRef) bool {
 		return false
 	}
 	var missing []corev1.DownwardAPIVolumeFile
-	for _, item := range want.DownwardAPI.Items {
+	for _, item := range want.typed().DownwardAPI.Items {
 		if !slices.ContainsFunc(dapi.Items, func(h corev1.DownwardAPIVolumeFile) bool { return h.Path == item.Path }) {
 			missing = append(missing, item)
 		}
@@ -414,27 +417,25 @@ func (b *planner) planVolume(targets []containerRef) bool {
 	return true
 }
 
-// metadataVolume is the metadata volume. Its files are the pod's identity, labels and
-// annotations, and per target container its resource requests and limits.
-func metadataVolume(targets []containerRef) volume {
-	items := make([]corev1.DownwardAPIVolumeFile, 0, 5+6*len(targets))
+// metadataVolume is the metadata volume for the named target containers. Its files are
+// the pod's identity, labels and annotations, and per container its resource requests
+// and limits.
+type metadataVolume []string
+
+func (m metadataVolume) typed() corev1.Volume {
+	items := make([]corev1.DownwardAPIVolumeFile, 0, 5+6*len(m))
 	for _, f := range [...]struct{ path, field string }{
 		{"name", "metadata.name"}, {"namespace", "metadata.namespace"}, {"uid", "metadata.uid"},
 		{"labels", "metadata.labels"}, {"annotations", "metadata.annotations"},
 	} {
 		items = append(items, corev1.DownwardAPIVolumeFile{Path: f.path, FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: f.field}})
 	}
-	names := make([]string, len(targets))
-	for i, t := range targets {
-		names[i] = t.c.Name
-		items = append(items, containerMetadataItems(t.c.Name)...)
+	for _, name := range m {
+		items = append(items, containerMetadataItems(name)...)
 	}
-	return volume{
-		Volume: corev1.Volume{
-			Name:         VolumeName,
-			VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: items}},
-		},
-		metadataFor: names,
+	return corev1.Volume{
+		Name:         VolumeName,
+		VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: items}},
 	}
 }
 
@@ -585,7 +586,7 @@ func (b *planner) planAmbassador() {
 		}
 	}
 	if !slices.ContainsFunc(pod.Spec.Volumes, func(v volumeView) bool { return v.Name == AmbassadorTokenVolumeName }) {
-		b.addVolume(volume{Volume: ambassadorTokenVolume()})
+		b.addVolume(tokenVolume{})
 	}
 	c := b.ambassadorContainer()
 	if b.native {
@@ -599,7 +600,7 @@ func (b *planner) planAmbassador() {
 
 // addVolume adds a pod volume; the first one added to a pod without spec.volumes
 // creates the list.
-func (b *planner) addVolume(v volume) {
+func (b *planner) addVolume(v podVolume) {
 	b.add(addVolume{hadVolumes: b.hasVolumes, vol: v})
 	b.hasVolumes = true
 }
@@ -640,8 +641,8 @@ func ambassadorTokenVolume() corev1.Volume {
 // ambassadorContainer builds the sidecar from operator config only: an annotation may
 // pick its port and mode, never its image or resources. Its securityContext meets the
 // "restricted" Pod Security level.
-func (b *planner) ambassadorContainer() ambassador {
-	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.s.AmbassadorMode == b.base.AmbassadorMode && b.baseAmbassador.json != nil {
+func (b *planner) ambassadorContainer() *ambassador {
+	if b.s.AmbassadorPort == b.base.AmbassadorPort && b.s.AmbassadorMode == b.base.AmbassadorMode && b.baseAmbassador != nil {
 		return b.baseAmbassador
 	}
 	health := b.s.AmbassadorHealthPort()
@@ -683,7 +684,7 @@ func (b *planner) ambassadorContainer() ambassador {
 		always := corev1.ContainerRestartPolicyAlways
 		c.RestartPolicy = &always
 	}
-	return ambassador{Container: c}
+	return &ambassador{Container: c}
 }
 
 func ptr[T any](v T) *T { return &v }

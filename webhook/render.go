@@ -105,7 +105,7 @@ func (a addMount) apply(pod *corev1.Pod) {
 }
 
 type addVolume struct {
-	vol        volume
+	vol        podVolume
 	hadVolumes bool
 }
 
@@ -113,7 +113,7 @@ func (a addVolume) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	return addOrAppend(ops, "/spec/volumes", a.hadVolumes, a.vol)
 }
 
-func (a addVolume) apply(pod *corev1.Pod) { pod.Spec.Volumes = append(pod.Spec.Volumes, a.vol.Volume) }
+func (a addVolume) apply(pod *corev1.Pod) { pod.Spec.Volumes = append(pod.Spec.Volumes, a.vol.typed()) }
 
 // addVolumeItems completes podmeta's existing metadata volume.
 type addVolumeItems struct {
@@ -190,7 +190,7 @@ func (a addStorage) apply(pod *corev1.Pod) {
 // addContainer adds the ambassador: first among init containers as a native sidecar, so
 // it runs before the other init containers, or last among containers otherwise.
 type addContainer struct {
-	c       ambassador
+	c       *ambassador // may be the Injector's: never modified
 	init    bool
 	hadList bool
 }
@@ -198,7 +198,7 @@ type addContainer struct {
 func (a addContainer) patch(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	switch {
 	case !a.hadList && a.init:
-		return append(ops, add("/spec/initContainers", list[ambassador]{a.c}))
+		return append(ops, add("/spec/initContainers", list[*ambassador]{a.c}))
 	case a.init:
 		return append(ops, add("/spec/initContainers/0", a.c))
 	default:
@@ -211,7 +211,7 @@ func (a addContainer) apply(pod *corev1.Pod) {
 		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, *a.c.DeepCopy())
 		return
 	}
-	pod.Spec.Containers = append(pod.Spec.Containers, *a.c.DeepCopy()) // a.c may be the Injector's
+	pod.Spec.Containers = append(pod.Spec.Containers, *a.c.DeepCopy())
 }
 
 // setAnnotation adds (or, for podmeta's own status key, updates) an annotation.
@@ -377,11 +377,17 @@ type list[T any] []T
 
 func (l list[T]) appendJSON(buf *bytes.Buffer) bool {
 	buf.WriteByte('[')
-	for i, v := range l {
+	for i := range l {
 		if i > 0 {
 			buf.WriteByte(',')
 		}
-		if f, ok := any(v).(fastValue); !ok || !f.appendJSON(buf) {
+		// A struct element as a pointer (its methods are the pointer's too, and boxing a
+		// pointer copies nothing); a pointer or interface element as it is.
+		f, ok := any(&l[i]).(fastValue)
+		if !ok {
+			f, ok = any(l[i]).(fastValue)
+		}
+		if !ok || !f.appendJSON(buf) {
 			return false
 		}
 	}
@@ -417,19 +423,19 @@ func (m metadataMount) appendJSON(buf *bytes.Buffer) bool {
 	return mountTemplate.fill(buf, m.MountPath)
 }
 
-// volume is a pod volume podmeta adds: the metadata volume, whose items cover the
-// containers listed in metadataFor, or the ambassador's token volume.
-type volume struct {
-	corev1.Volume
-	metadataFor []string
+// podVolume is a pod volume podmeta adds: rendered from its template by appendJSON, and
+// built as a corev1.Volume only when asked (Apply, encoding/json).
+type podVolume interface {
+	fastValue
+	json.Marshaler
+	typed() corev1.Volume
 }
 
 var (
-	tokenVolumeJSON = mustMarshal(ambassadorTokenVolume())
 	// The metadata volume renders as head (up to its pod-wide items), then per container
 	// ","+containerItems with the name filled, then tail.
 	metadataHead, metadataTail = func() ([]byte, []byte) {
-		b := mustMarshal(metadataVolume(nil).Volume)
+		b := mustMarshal(metadataVolume(nil).typed())
 		i := bytes.LastIndexByte(b, ']')
 		return b[:i], b[i:]
 	}()
@@ -440,24 +446,33 @@ var (
 	}()
 )
 
-func (v volume) appendJSON(buf *bytes.Buffer) bool {
-	switch v.Name {
-	case AmbassadorTokenVolumeName:
-		buf.Write(tokenVolumeJSON)
-		return true
-	case VolumeName:
-		buf.Write(metadataHead)
-		for _, c := range v.metadataFor {
-			buf.WriteByte(',')
-			if !containerItems.fill(buf, c) {
-				return false
-			}
+func (m metadataVolume) appendJSON(buf *bytes.Buffer) bool {
+	buf.Write(metadataHead)
+	for _, c := range m {
+		buf.WriteByte(',')
+		if !containerItems.fill(buf, c) {
+			return false
 		}
-		buf.Write(metadataTail)
-		return true
 	}
-	return false
+	buf.Write(metadataTail)
+	return true
 }
+
+func (m metadataVolume) MarshalJSON() ([]byte, error) { return mustMarshal(m.typed()), nil }
+
+// tokenVolume is the ambassador's token volume: always the same.
+type tokenVolume struct{}
+
+var tokenVolumeJSON = mustMarshal(ambassadorTokenVolume())
+
+func (tokenVolume) typed() corev1.Volume { return ambassadorTokenVolume() }
+
+func (tokenVolume) appendJSON(buf *bytes.Buffer) bool {
+	buf.Write(tokenVolumeJSON)
+	return true
+}
+
+func (v tokenVolume) MarshalJSON() ([]byte, error) { return mustMarshal(v.typed()), nil }
 
 // ambassador is the sidecar; json is its rendering when made ahead (the Injector's, for
 // the operator's own port and mode), nil otherwise.
