@@ -9,16 +9,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
-// benchPods are the pods of the recorded AdmissionReviews in ../shared/admission-reviews
+// benchPods are the pods of the recorded AdmissionReviews in testdata/admission-reviews
 // (the same bodies every performance figure of the project uses), with the ambassador
 // turned on so every feature is planned.
 func benchPods(b *testing.B) map[string][]byte {
 	b.Helper()
 	out := map[string][]byte{}
 	for _, name := range []string{"typical", "large", "initsidecar"} {
-		data, err := os.ReadFile("../../shared/admission-reviews/" + name + ".json")
+		data, err := os.ReadFile(recordedPath(name))
 		if err != nil {
-			b.Skipf("recorded reviews not found beside the project: %v", err)
+			b.Fatal(err)
 		}
 		var review struct {
 			Request struct {

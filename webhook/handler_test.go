@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,13 +17,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// recorded returns a recorded AdmissionReview from ../shared/admission-reviews, with
+// recorded returns a recorded AdmissionReview from testdata/admission-reviews, with
 // edit applied to its decoded form.
+// recordedPath is where the AdmissionReviews recorded from a real kube-apiserver live
+// (testdata/admission-reviews/README.md says how they were made).
+func recordedPath(name string) string {
+	return filepath.Join("testdata", "admission-reviews", name+".json")
+}
+
 func recorded(t testing.TB, name string, edit func(review map[string]any)) []byte {
 	t.Helper()
-	data, err := os.ReadFile("../../shared/admission-reviews/" + name + ".json")
+	data, err := os.ReadFile(recordedPath(name))
 	if err != nil {
-		t.Fatalf("recorded reviews beside the project: %v", err)
+		t.Fatal(err)
 	}
 	if edit == nil {
 		return data

@@ -1,5 +1,5 @@
 // Command load is `make bench`'s load benchmark. In one run, on the recorded
-// AdmissionReviews of ../shared/admission-reviews, it measures:
+// AdmissionReviews of webhook/testdata/admission-reviews, it measures:
 //
 //  1. webhook load: podmeta, the framework floor and the usual-way baseline (see
 //     test/bench/server), each server pinned to CPU 0 with GOMAXPROCS=1 while this
@@ -252,7 +252,7 @@ type body struct {
 func loadBodies() ([]body, error) {
 	var out []body
 	for _, name := range []string{"typical", "large", "initsidecar"} {
-		raw, err := os.ReadFile(filepath.Join(harness.Root(), "..", "shared", "admission-reviews", name+".json"))
+		raw, err := os.ReadFile(filepath.Join(harness.Root(), "webhook", "testdata", "admission-reviews", name+".json"))
 		if err != nil {
 			return nil, err
 		}
