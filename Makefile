@@ -30,7 +30,8 @@ help: ## Show this help.
 
 .PHONY: demo
 demo: build k8s ## Start a local control plane and podmeta, inject sample pods, print what each got.
-	go run ./test/demo
+	@hack/progress.sh "compiling the demo" go build -o $(BIN)/demo ./test/demo
+	$(BIN)/demo
 
 .PHONY: test
 test: vet k8s $(BIN)/helm ## Run every test: engine goldens, CLI, fuzzing, integration on a real apiserver.
@@ -59,8 +60,8 @@ test-certs: k8s ## Certificate tests only (self-managed rotation under load, cer
 
 .PHONY: build
 build: ## Build bin/podmeta and bin/ambassador.
-	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/podmeta ./cmd/podmeta
-	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ambassador ./cmd/ambassador
+	CGO_ENABLED=0 hack/progress.sh "building podmeta" go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/podmeta ./cmd/podmeta
+	CGO_ENABLED=0 hack/progress.sh "building ambassador" go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ambassador ./cmd/ambassador
 
 .PHONY: fmt
 fmt: ## Format the Go code.
@@ -117,7 +118,7 @@ chart-golden: ## Rewrite the Helm chart's golden renderings (review the diff!).
 helm: $(BIN)/helm ## Install helm $(HELM_VERSION) into bin/.
 
 $(BIN)/helm:
-	GOBIN=$(BIN) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(BIN) hack/progress.sh "building helm" go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 
 .PHONY: k8s
