@@ -34,6 +34,13 @@ type Config struct {
 
 	Mode string // modeReadOnly or modeReadWrite
 
+	// AllowPrivilegedPaths forwards the paths that run code, reach other endpoints
+	// or mint credentials (classifyPath: nodes/proxy, pods/proxy, services/proxy,
+	// pods/ephemeralcontainers, serviceaccounts/token), which are refused by
+	// default in every mode. The mode still applies to them. pods/exec, attach and
+	// portforward stay refused: they need a connection upgrade, never proxied.
+	AllowPrivilegedPaths bool
+
 	ReadyCheckInterval time.Duration
 	ReadyCheckPath     string
 	ReadyCheckTimeout  time.Duration
@@ -76,6 +83,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "service-account token file, re-read when it changes")
 	fs.StringVar(&c.CAFile, "ca-file", c.CAFile, "PEM CA bundle the API server is verified against, re-read when it changes")
 	fs.StringVar(&c.Mode, "mode", c.Mode, "read-only (GET and HEAD only) or read-write (all methods)")
+	fs.BoolVar(&c.AllowPrivilegedPaths, "allow-privileged-paths", c.AllowPrivilegedPaths, "forward nodes/proxy, pods/proxy, services/proxy, pods/ephemeralcontainers and serviceaccounts/token, refused by default in every mode")
 	fs.DurationVar(&c.ReadyCheckInterval, "ready-check-interval", c.ReadyCheckInterval, "longest wait between API server checks until the first one succeeds")
 	fs.StringVar(&c.ReadyCheckPath, "ready-check-path", c.ReadyCheckPath, "API server path that must answer 2xx before /readyz succeeds")
 	fs.DurationVar(&c.ReadyCheckTimeout, "ready-check-timeout", c.ReadyCheckTimeout, "timeout of one API server check")

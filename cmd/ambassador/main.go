@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		"health", healthLn.Addr().String(),
 		"upstream", s.upstream.String(),
 		"mode", cfg.Mode,
+		"allowPrivilegedPaths", cfg.AllowPrivilegedPaths,
 		"tokenFile", cfg.TokenFile,
 		"caFile", cfg.CAFile,
 		"readyCheckPath", cfg.ReadyCheckPath,

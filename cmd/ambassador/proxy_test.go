@@ -93,9 +93,6 @@ func TestRefusesExecAttachPortForward(t *testing.T) {
 	allowed := []string{
 		"/api/v1/namespaces/ns/pods/web",
 		"/api/v1/namespaces/ns/pods/web/log?follow=true",
-		"/api/v1/namespaces/ns/pods/web/proxy/exec", // the pod's own HTTP endpoint
-		"/api/v1/namespaces/ns/pods/web/proxy/api/v1/namespaces/ns/pods/x/exec",
-		"/api/v1/namespaces/ns/services/web:8080/proxy/attach",
 		"/api/v1/namespaces/exec/pods/attach",
 		"/api/v1/namespaces/ns/pods/exec",
 		"/api/v1/namespaces/ns/configmaps/exec",
@@ -275,33 +272,79 @@ func testStreamsWithoutBuffering(t *testing.T, http2 bool, level slog.Level) {
 	}
 }
 
-func TestExecLikeSubresource(t *testing.T) {
-	for p, want := range map[string]string{
-		"/api/v1/namespaces/a/pods/b/exec":          "exec",
-		"/api/v1/namespaces/a/pods/b/attach/":       "attach",
-		"/api/v1/namespaces/a/pods/b/portforward":   "portforward",
-		"/api/v1/pods/b/exec":                       "exec", // not a real route; refused anyway
-		"/apis/g/v1/namespaces/a/pods/b/exec":       "exec",
-		"/api/v1/namespaces/a/pods/b/proxy/exec":    "",
-		"/api/v1/namespaces/a/pods/b":               "",
-		"/api/v1/namespaces/a/services/b/exec":      "",
-		"/api/v1/nodes/n/proxy/exec/ns/pod/c":       "",
-		"/api":                                      "",
-		"/":                                         "",
-		"/exec":                                     "",
-		"/version":                                  "",
-		"/api/v1/namespaces/a/pods/b/exec/extra":    "",
-		"/apis/g/v1/namespaces/a/pods/b/ephemeral":  "",
-		"/api/v1/namespaces/pods/pods/exec/exec":    "exec",
-		"/api/v1/namespaces/exec/pods/exec":         "",
-		"/api/v1/namespaces/a/pods/b/PortForward":   "portforward",
-		"/apis/g/v1/namespaces/a/pods/b/attach":     "attach",
-		"/api/v1/watch/namespaces/a/pods/b":         "",
-		"/apis/metrics.k8s.io/v1beta1/pods/x/exec":  "exec",
-		"/api/v1/namespaces/a/pods/b/log?tail=exec": "",
+func TestClassifyPath(t *testing.T) {
+	type want struct {
+		class string
+		never bool
+	}
+	for p, w := range map[string]want{
+		"/api/v1/namespaces/a/pods/b/exec":                        {"pods/exec", true},
+		"/api/v1/namespaces/a/pods/b/attach/":                     {"pods/attach", true},
+		"/api/v1/namespaces/a/pods/b/portforward":                 {"pods/portforward", true},
+		"/api/v1/pods/b/exec":                                     {"pods/exec", true}, // not a real route; refused anyway
+		"/apis/g/v1/namespaces/a/pods/b/exec":                     {"pods/exec", true},
+		"/api/v1/namespaces/a/pods/b/exec/extra":                  {"pods/exec", true},
+		"/api/v1/namespaces/pods/pods/exec/exec":                  {"pods/exec", true},
+		"/api/v1/namespaces/a/pods/b/PortForward":                 {"pods/portforward", true},
+		"/apis/g/v1/namespaces/a/pods/b/attach":                   {"pods/attach", true},
+		"/apis/metrics.k8s.io/v1beta1/pods/x/exec":                {"pods/exec", true},
+		"/api/v1/watch/namespaces/a/pods/b/exec":                  {"pods/exec", true},
+		"/api/v1/namespaces/a/pods/b/proxy/exec":                  {"pods/proxy", false},
+		"/api/v1/namespaces/a/pods/b:8080/proxy":                  {"pods/proxy", false},
+		"/api/v1/nodes/n/proxy/exec/ns/pod/c":                     {"nodes/proxy", false},
+		"/api/v1/nodes/n:10250/proxy":                             {"nodes/proxy", false},
+		"/api/v1/namespaces/a/nodes/n/proxy/run/a/b/c":            {"nodes/proxy", false},
+		"/api/v1/namespaces/a/services/https:b:443/proxy/":        {"services/proxy", false},
+		"/api/v1/namespaces/a/pods/b/ephemeralcontainers":         {"pods/ephemeralcontainers", false},
+		"/api/v1/namespaces/a/serviceaccounts/b/token":            {"serviceaccounts/token", false},
+		"/api/v1/proxy/nodes/n/run/a/b/c":                         {"proxy", false},
+		"/api/v1/proxy":                                           {"proxy", false},
+		"/api/v1/namespaces/a/pods/b":                             {"", false},
+		"/api/v1/namespaces/a/services/b/exec":                    {"", false},
+		"/api/v1/namespaces/a/serviceaccounts/b":                  {"", false},
+		"/api/v1/namespaces/proxy/pods/b":                         {"", false},
+		"/api/v1/namespaces/token/serviceaccounts":                {"", false},
+		"/apis/g/v1/proxy/nodes/n":                                {"", false}, // a custom resource named proxy
+		"/api/v1/nodes/n":                                         {"", false},
+		"/api/v1/nodes/n/status":                                  {"", false},
+		"/api/v1/nodes/proxy":                                     {"", false}, // the node named proxy
+		"/api":                                                    {"", false},
+		"/":                                                       {"", false},
+		"/exec":                                                   {"", false},
+		"/version":                                                {"", false},
+		"/apis/g/v1/namespaces/a/pods/b/ephemeral":                {"", false},
+		"/api/v1/namespaces/exec/pods/exec":                       {"", false},
+		"/api/v1/watch/namespaces/a/pods/b":                       {"", false},
+		"/api/v1/namespaces/a/pods/b/log?tail=exec":               {"", false},
+		"/api/v1/namespaces/a/configmaps/proxy":                   {"", false},
+		"/apis/apps/v1/namespaces/a/deployments/b/scale":          {"", false},
+		"/apis/coordination.k8s.io/v1/namespaces/a/leases/proxy":  {"", false},
+		"/apis/authentication.k8s.io/v1/selfsubjectreviews":       {"", false},
+		"/apis/authorization.k8s.io/v1/selfsubjectaccessreviews/": {"", false},
 	} {
-		if got := execLikeSubresource(p); got != want {
-			t.Errorf("execLikeSubresource(%q) = %q, want %q", p, got, want)
+		if class, never := classifyPath(p); class != w.class || never != w.never {
+			t.Errorf("classifyPath(%q) = %q, %v; want %q, %v", p, class, never, w.class, w.never)
+		}
+	}
+}
+
+func TestHasEncodedSlashOrDot(t *testing.T) {
+	for raw, want := range map[string]bool{
+		"":                   false,
+		"/api/v1/pods":       false,
+		"/a%2Fb":             true,
+		"/a%2fb":             true,
+		"/a%2Eb":             true,
+		"/a/%2e%2e/b":        true,
+		"/a%252Fb":           false, // %25 is %: the API server reads the name a%2Fb
+		"/a%20b":             false,
+		"/a%":                false,
+		"/a%2":               false,
+		"/%%2f":              true,
+		"/api/v1/%65xec%2F/": true,
+	} {
+		if got := hasEncodedSlashOrDot(raw); got != want {
+			t.Errorf("hasEncodedSlashOrDot(%q) = %v, want %v", raw, got, want)
 		}
 	}
 }

@@ -259,6 +259,7 @@ func TestRunArguments(t *testing.T) {
 	}{
 		{"version", []string{"--version"}, nil, "", "podmeta-ambassador dev"},
 		{"help", []string{"-h"}, nil, "", "-ready-check-interval"},
+		{"help lists the privileged-paths flag", []string{"-h"}, nil, "", "-allow-privileged-paths"},
 		{"unknown flag", []string{"--bogus"}, nil, "flag provided but not defined: -bogus", ""},
 		{"bad value", []string{"--port", "http"}, nil, `invalid value "http" for flag -port`, ""},
 		{"positional", []string{"extra"}, nil, "unexpected arguments", ""},
@@ -326,7 +327,7 @@ func TestRun(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("run returned %v after shutdown, want nil", err)
 	}
-	for _, want := range []string{`"mode":"read-only"`, `"msg":"stopped"`} {
+	for _, want := range []string{`"mode":"read-only"`, `"allowPrivilegedPaths":false`, `"msg":"stopped"`} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %s:\n%s", want, logs)
 		}
