@@ -397,6 +397,113 @@ func TestAmbassadorRefusesAndListensOnLoopbackOnly(t *testing.T) {
 	})
 }
 
+// 5. Security issue 16, finding 7: the client's identity headers never reach the
+// apiserver, and the paths that run code or mint credentials are refused in both modes
+// although RBAC allows them, unless the ambassador runs with --allow-privileged-paths.
+func TestAmbassadorDropsIdentityHeadersAndRefusesPrivilegedPaths(t *testing.T) {
+	ctx := t.Context()
+	ns := namespace(t, map[string]string{}, nil)
+	sa := serviceAccount(t, ns, "app")
+	tok := mintToken(t, ns, sa, nil)
+	user := "system:serviceaccount:" + ns + ":" + sa
+
+	// RBAC allows everything below: impersonating someone-else, minting its own
+	// tokens, the kubelet API through nodes/proxy.
+	name := "podmeta-test-privileged-" + ns
+	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"users"}, Verbs: []string{"impersonate"}, ResourceNames: []string{"someone-else"}},
+		{APIGroups: []string{""}, Resources: []string{"groups"}, Verbs: []string{"impersonate"}, ResourceNames: []string{"some-group"}},
+		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes/proxy"}, Verbs: []string{"get", "create"}},
+	}}
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}},
+	}
+	if _, err := cp.Clientset.RbacV1().ClusterRoles().Create(ctx, cr, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cp.Clientset.RbacV1().ClusterRoles().Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{})
+	})
+	if _, err := cp.Clientset.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cp.Clientset.RbacV1().ClusterRoleBindings().Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{})
+	})
+
+	const review = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+	reviewBody := `{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}`
+	tokenPath := "/api/v1/namespaces/" + ns + "/serviceaccounts/" + sa + "/token"
+	tokenBody := `{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":600}}`
+	whoAmI := func(r response) (string, []string) {
+		t.Helper()
+		var rv authenticationv1.SelfSubjectReview
+		if r.code != http.StatusCreated || json.Unmarshal(r.body, &rv) != nil {
+			t.Fatalf("SelfSubjectReview: %d %s", r.code, r.body)
+		}
+		return rv.Status.UserInfo.Username, rv.Status.UserInfo.Groups
+	}
+	// Directly, with the same token, RBAC lets the account impersonate and mint.
+	eventually(t, 30*time.Second, func(context.Context) string { // RBAC reaches the authorizer through an informer
+		if r := apiserverDo(t, tok, http.MethodPost, tokenPath, []byte(tokenBody)); r.code != http.StatusCreated {
+			return fmt.Sprintf("POST %s directly: %d %s", tokenPath, r.code, r.body)
+		}
+		r := doRequest(t, directClient, http.MethodPost, apiserverURL(t)+review, withHeader("Authorization", "Bearer "+tok),
+			withHeader("Impersonate-User", "someone-else"), withBody(reviewBody))
+		if r.code != http.StatusCreated {
+			return fmt.Sprintf("impersonating directly: %d %s", r.code, r.body)
+		}
+		if u, _ := whoAmI(r); u != "someone-else" {
+			return "impersonating directly: the apiserver says " + u
+		}
+		return ""
+	})
+
+	rw := startAmbassador(t, newKubeletDir(t, tok), "read-write")
+	ro := startAmbassador(t, newKubeletDir(t, tok), "read-only")
+
+	t.Run("identity headers dropped", func(t *testing.T) {
+		r := rw.do(t, http.MethodPost, review, withBody(reviewBody),
+			withHeader("Impersonate-User", "someone-else"), withHeader("Impersonate-Group", "some-group"),
+			withHeader("X-Remote-User", "someone-else"), withHeader("X-Remote-Group", "system:masters"))
+		u, groups := whoAmI(r)
+		if u != user || slices.Contains(groups, "some-group") || slices.Contains(groups, "system:masters") {
+			t.Errorf("through the ambassador the apiserver saw %s in %v, want %s without some-group or system:masters", u, groups, user)
+		}
+	})
+
+	t.Run("privileged paths refused in both modes", func(t *testing.T) {
+		for _, c := range []struct {
+			a                   *ambassador
+			method, path, class string
+		}{
+			{rw, http.MethodPost, tokenPath, "serviceaccounts/token"},
+			{rw, http.MethodPost, "/api/v1/nodes/node-1/proxy/run/" + ns + "/web/app?cmd=id", "nodes/proxy"},
+			{rw, http.MethodPatch, "/api/v1/namespaces/" + ns + "/pods/web/ephemeralcontainers", "pods/ephemeralcontainers"},
+			{ro, http.MethodGet, "/api/v1/nodes/node-1/proxy/pods", "nodes/proxy"},
+			{ro, http.MethodGet, "/api/v1/namespaces/" + ns + "/services/web:80/proxy/", "services/proxy"},
+			{ro, http.MethodGet, "/api/v1/nodes/node-1%2Fproxy/pods", "%2F"},
+		} {
+			r := c.a.do(t, c.method, c.path, withBody(tokenBody))
+			wantStatus(t, c.a.mode+" "+c.method+" "+c.path, r, http.StatusForbidden, "Forbidden", c.class)
+		}
+	})
+
+	t.Run("--allow-privileged-paths forwards them", func(t *testing.T) {
+		allowed := startAmbassador(t, newKubeletDir(t, tok), "read-write", "--allow-privileged-paths")
+		if r := allowed.do(t, http.MethodPost, tokenPath, withBody(tokenBody)); r.code != http.StatusCreated {
+			t.Errorf("POST %s with --allow-privileged-paths: %d %s, want 201", tokenPath, r.code, r.body)
+		}
+		// Impersonation stays impossible.
+		if u, _ := whoAmI(allowed.do(t, http.MethodPost, review, withBody(reviewBody), withHeader("Impersonate-User", "someone-else"))); u != user {
+			t.Errorf("with --allow-privileged-paths the apiserver saw %s, want %s", u, user)
+		}
+	})
+}
+
 // ---- the ambassador process ----
 
 var (
