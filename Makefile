@@ -69,7 +69,7 @@ fmt: ## Format the Go code.
 
 .PHONY: vet
 vet: ## Run go vet and check formatting.
-	go vet ./...
+	@hack/progress.sh "go vet (compiles everything; minutes on a cold cache)" go vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 
 .PHONY: lint
