@@ -108,6 +108,12 @@ deploy: ## Install podmeta with cert-manager into the current kubectl context (c
 undeploy: ## Remove what make deploy installed.
 	$(KUBECTL) delete -k config/default --ignore-not-found
 
+RECORD_DIR ?= $(BIN)/admission-reviews
+
+.PHONY: record-reviews
+record-reviews: k8s ## Re-record the AdmissionReviews of webhook/testdata/admission-reviews into RECORD_DIR (bin/admission-reviews), to compare.
+	go run ./hack/record-reviews -o $(RECORD_DIR)
+
 .PHONY: chart-golden
 chart-golden: ## Rewrite the Helm chart's golden renderings (review the diff!).
 	go test ./test -run TestChartGolden -update-chart

@@ -30,6 +30,8 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -90,6 +92,12 @@ func run(ctx context.Context, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", src, err)
 		}
+		if sa, _, _ := unstructured.NestedString(pod.Object, "spec", "serviceAccountName"); sa != "" {
+			err := cp.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: namespace}})
+			if err != nil && !apierrors.IsAlreadyExists(err) {
+				return err
+			}
+		}
 		cfg := rest.CopyConfig(cp.Config)
 		cfg.Impersonate = user
 		client, err := dynamic.NewForConfig(cfg)
@@ -98,7 +106,8 @@ func run(ctx context.Context, out io.Writer) error {
 		}
 		rec.expect()
 		pods := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "pods"}).Namespace(namespace)
-		if _, err := pods.Create(ctx, pod, metav1.CreateOptions{FieldManager: manager}); err != nil {
+		// Strict: what kubectl and the controllers send.
+		if _, err := pods.Create(ctx, pod, metav1.CreateOptions{FieldManager: manager, FieldValidation: "Strict"}); err != nil {
 			return fmt.Errorf("create the pod of %s: %w", src, err)
 		}
 		body, err := rec.take(10 * time.Second)
@@ -137,51 +146,82 @@ func podOf(path string) (*unstructured.Unstructured, rest.ImpersonationConfig, s
 		return nil, rest.ImpersonationConfig{}, "", fmt.Errorf("not an AdmissionReview with an object: %v", err)
 	}
 	pod := &unstructured.Unstructured{Object: review.Request.Object}
-	manager := "record-reviews"
-	if mf := pod.GetManagedFields(); len(mf) > 0 {
-		manager = mf[0].Manager
+	mf := pod.GetManagedFields()
+	if len(mf) != 1 || mf[0].FieldsV1 == nil {
+		return nil, rest.ImpersonationConfig{}, "", errors.New("want exactly one managedFields entry: it says which fields the creator sent")
 	}
-	for _, f := range []string{"uid", "resourceVersion", "creationTimestamp", "managedFields"} {
-		unstructured.RemoveNestedField(pod.Object, "metadata", f)
+	var sent map[string]any
+	if err := json.Unmarshal(mf[0].FieldsV1.Raw, &sent); err != nil {
+		return nil, rest.ImpersonationConfig{}, "", fmt.Errorf("managedFields: %w", err)
 	}
+	// What the creator sent, without the defaults and the admission plugins' additions
+	// (tolerations, priority, the token volume), which the apiserver adds again.
+	pod.Object = prune(pod.Object, sent).(map[string]any)
+	pod.SetAPIVersion("v1")
+	pod.SetKind("Pod")
 	pod.SetNamespace(namespace)
-	unstructured.RemoveNestedField(pod.Object, "status")
-	// The ServiceAccount admission plugin adds the token volume and its mounts again.
-	dropTokenVolume(pod.Object)
 	u := review.Request.UserInfo
 	user := rest.ImpersonationConfig{UserName: u.Username, UID: u.UID, Groups: u.Groups, Extra: u.Extra}
-	return pod, user, manager, nil
+	return pod, user, mf[0].Manager, nil
 }
 
-func dropTokenVolume(pod map[string]any) {
-	isToken := func(name any) bool { s, _ := name.(string); return strings.HasPrefix(s, "kube-api-access-") }
-	spec, _ := pod["spec"].(map[string]any)
-	if vols, ok := spec["volumes"].([]any); ok {
-		spec["volumes"] = keep(vols, func(v map[string]any) bool { return !isToken(v["name"]) })
+// prune keeps of v what a managedFields field set names: "f:NAME" a map's field,
+// "k:{...}" a list element by its keys, "v:..." a list element by value, "i:N" one by
+// index, and "." the node itself. A node whose set names nothing below it is owned
+// whole (an atomic struct such as a secretKeyRef or an ownerReference).
+func prune(v any, set map[string]any) any {
+	if len(set) == 0 || len(set) == 1 && set["."] != nil {
+		return v
 	}
-	for _, list := range []string{"initContainers", "containers"} {
-		cs, _ := spec[list].([]any)
-		for _, c := range cs {
-			c, _ := c.(map[string]any)
-			if mounts, ok := c["volumeMounts"].([]any); ok {
-				if kept := keep(mounts, func(m map[string]any) bool { return !isToken(m["name"]) }); len(kept) > 0 {
-					c["volumeMounts"] = kept
-				} else {
-					delete(c, "volumeMounts")
-				}
+	switch v := v.(type) {
+	case map[string]any:
+		out := map[string]any{}
+		for k, e := range v {
+			if sub, ok := set["f:"+k].(map[string]any); ok {
+				out[k] = prune(e, sub)
 			}
 		}
+		return out
+	case []any:
+		var out []any
+		for i, e := range v {
+			if sub, ok := listEntry(set, i, e); ok {
+				out = append(out, prune(e, sub))
+			}
+		}
+		return out
+	default:
+		return v
 	}
 }
 
-func keep(list []any, ok func(map[string]any) bool) []any {
-	var out []any
-	for _, e := range list {
-		if m, _ := e.(map[string]any); m != nil && ok(m) {
-			out = append(out, e)
+func listEntry(set map[string]any, i int, e any) (map[string]any, bool) {
+	if sub, ok := set["i:"+strconv.Itoa(i)].(map[string]any); ok {
+		return sub, true
+	}
+	if raw, err := json.Marshal(e); err == nil {
+		if sub, ok := set["v:"+string(raw)].(map[string]any); ok {
+			return sub, true
 		}
 	}
-	return out
+	m, _ := e.(map[string]any)
+	for key, sub := range set {
+		var fields map[string]any
+		if !strings.HasPrefix(key, "k:") || json.Unmarshal([]byte(key[2:]), &fields) != nil {
+			continue
+		}
+		match := m != nil
+		for f, want := range fields {
+			if got, ok := m[f]; !ok || fmt.Sprint(got) != fmt.Sprint(want) {
+				match = false
+			}
+		}
+		if match {
+			sub, _ := sub.(map[string]any)
+			return sub, true
+		}
+	}
+	return nil, false
 }
 
 // recorder serves the path of the shipped webhook configuration on envtest's serving
