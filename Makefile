@@ -86,6 +86,10 @@ bench: k8s ## Load benchmark (podmeta vs floor vs baseline, through the apiserve
 	@echo; echo "## Microbenchmarks (compare runs with benchstat)"; echo
 	go test -run '^$$' -bench . -benchmem -count 6 ./webhook | tee $(BIN)/bench-micro.txt
 
+.PHONY: soak
+soak: k8s ## Hostile-input soak: one pinned replica's honest p99, patching and RSS while a hostile client attacks it (~2 min).
+	go run ./test/bench/soak
+
 ##@ Deployment
 
 .PHONY: image
