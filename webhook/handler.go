@@ -9,18 +9,36 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // DefaultMaxBodyBytes bounds an AdmissionReview body. The apiserver's own limit for an
 // object is 3 MiB and a review may carry it twice (object and oldObject); controller-
 // runtime uses the same bound.
 const DefaultMaxBodyBytes = 7 << 20
+
+// DefaultBodyBudget bounds the bytes buffered for request bodies by all requests at
+// once (--body-budget-bytes): 9 bodies of the largest size, or thousands of typical
+// ones (10-20 KB). docs/operations.md shows how it fits the chart's memory limit.
+const DefaultBodyBudget = 64 << 20
+
+// DefaultReadTimeout bounds the time a request may take to deliver its body, from the
+// moment its headers were read (--body-read-timeout). The apiserver sends a review in
+// one write: milliseconds, even for the largest.
+const DefaultReadTimeout = 3 * time.Second
+
+// readChunk is the most one read of a body may add: the budget is charged before each
+// read, so a request that sent one byte holds at most this much of it.
+const readChunk = 16 << 10
 
 // NamespaceAnnotations returns a namespace's annotations from a local cache: the
 // handler does no network I/O per request.
@@ -37,14 +55,53 @@ type Handler struct {
 	Metrics      *Metrics             // nil: not counted
 	Log          logr.Logger
 	MaxBodyBytes int64 // 0: DefaultMaxBodyBytes
-	// MaxInFlight bounds the requests served at once; excess is refused at once with
+	// MaxInFlight bounds the requests decided at once; excess is refused at once with
 	// HTTP 429 instead of queueing past the apiserver's timeout (which would fail every
-	// request, not just the excess). 0: no bound.
+	// request, not just the excess). 0: no bound. A slot is taken only once the body
+	// has been read: a client that is slow to send cannot hold one.
 	MaxInFlight int
+	// ReadTimeout bounds how long a request may take to send its body (0:
+	// DefaultReadTimeout). A slower client gets HTTP 408 and its connection is closed.
+	ReadTimeout time.Duration
+	// BodyBudget bounds the bytes buffered for bodies by all requests at once, from the
+	// first byte read until the answer is written (0: DefaultBodyBudget). A request that
+	// would go over it is refused with HTTP 429. It must be at least MaxBodyBytes.
+	BodyBudget int64
+	// Reads counts requests refused while their body was read (nil: not counted).
+	Reads *ReadMetrics
 
 	slotsOnce sync.Once
 	slots     chan struct{}
 	draining  atomic.Bool
+	buffered  atomic.Int64 // bytes of BodyBudget charged
+}
+
+// ReadMetrics count what the body reading refuses.
+type ReadMetrics struct {
+	// Refused counts requests refused before a decision, by reason: timeout (body not
+	// sent within --body-read-timeout) or budget (--body-budget-bytes were buffered).
+	Refused *prometheus.CounterVec
+}
+
+// Reasons of podmeta_body_refused_total.
+const (
+	RefusedTimeout = "timeout"
+	RefusedBudget  = "budget"
+)
+
+// NewReadMetrics creates podmeta_body_refused_total and registers it with reg (nil:
+// not registered).
+func NewReadMetrics(reg prometheus.Registerer) *ReadMetrics {
+	m := &ReadMetrics{Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podmeta_body_refused_total",
+		Help: "Admission requests refused while their body was read, by reason: timeout (not sent within --body-read-timeout, HTTP 408) or budget (--body-budget-bytes already buffered, HTTP 429). Also counted as result=error.",
+	}, []string{"reason"})}
+	m.Refused.WithLabelValues(RefusedTimeout)
+	m.Refused.WithLabelValues(RefusedBudget)
+	if reg != nil {
+		reg.MustRegister(m.Refused)
+	}
+	return m
 }
 
 // Drain makes every later response close its connection ("Connection: close"). A
@@ -76,12 +133,14 @@ type reviewRequest struct {
 }
 
 // otherReview reads a review whose object is not a pod (it did not fit a podView).
+// It is decoded by the same decoder as review, with the same rule for keys: exact and
+// case-sensitive, as the apiserver decodes ("UID" is not "uid").
 type otherReview struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
 	Request    *struct {
-		UID    string          `json:"uid"`
-		Object json.RawMessage `json:"object"`
+		UID    string         `json:"uid"`
+		Object jsontext.Value `json:"object"`
 	} `json:"request"`
 }
 
@@ -117,16 +176,6 @@ func (e *httpError) Error() string { return e.msg }
 var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !h.acquire() {
-		h.count(ResultError)
-		if h.Metrics != nil {
-			h.Metrics.Shed.Inc()
-		}
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "podmeta: too many admission requests in flight", http.StatusTooManyRequests)
-		return
-	}
-	defer h.release()
 	if h.draining.Load() {
 		w.Header().Set("Connection", "close")
 	}
@@ -141,11 +190,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	body := buffers.Get().(*bytes.Buffer)
 	body.Reset()
+	var charged int64 // of BodyBudget, held until the answer is written
 	defer func() {
+		h.buffered.Add(-charged)
 		if body.Cap() <= 1<<20 { // do not keep a rare huge buffer alive
 			buffers.Put(body)
 		}
 	}()
+
+	// The body is read before an in-flight slot is taken, under its own deadline and
+	// the byte budget: slots are for deciding, and a client slow to send holds none.
+	if err := h.read(w, r, body, &charged); err != nil {
+		h.refuse(w, err, log)
+		return
+	}
+	if !h.acquire() {
+		h.count(ResultError)
+		if h.Metrics != nil {
+			h.Metrics.Shed.Inc()
+		}
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "podmeta: too many admission requests in flight", http.StatusTooManyRequests)
+		return
+	}
+	defer h.release()
 
 	patch := buffers.Get().(*bytes.Buffer)
 	patch.Reset()
@@ -157,13 +225,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	resp, err := h.admit(r, body, patch, &log)
 	if err != nil {
-		var he *httpError
-		if !errors.As(err, &he) {
-			he = &httpError{http.StatusInternalServerError, err.Error()}
-		}
-		log.Info("bad admission request", "code", he.code, "error", he.msg)
-		h.count(ResultError)
-		http.Error(w, "podmeta: "+he.msg, he.code)
+		h.refuse(w, err, log)
 		return
 	}
 	body.Reset()
@@ -179,6 +241,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// apiserver) instead of two.
 	w.Header().Set("Content-Length", strconv.Itoa(body.Len()))
 	_, _ = w.Write(body.Bytes())
+}
+
+// refuse answers a request that gets no review with its HTTP error.
+func (h *Handler) refuse(w http.ResponseWriter, err error, log logr.Logger) {
+	var he *httpError
+	if !errors.As(err, &he) {
+		he = &httpError{http.StatusInternalServerError, err.Error()}
+	}
+	h.count(ResultError)
+	switch he.code {
+	case http.StatusRequestTimeout:
+		h.refused(RefusedTimeout)
+		// Whatever the client sends later is not a request: do not read it.
+		w.Header().Set("Connection", "close")
+	case http.StatusTooManyRequests:
+		h.refused(RefusedBudget)
+		if h.Metrics != nil {
+			h.Metrics.Shed.Inc()
+		}
+		w.Header().Set("Retry-After", "1")
+		// The unread rest of the body would have to be drained to keep the connection.
+		w.Header().Set("Connection", "close")
+	}
+	log.Info("bad admission request", "code", he.code, "error", he.msg)
+	http.Error(w, "podmeta: "+he.msg, he.code)
+}
+
+func (h *Handler) refused(reason string) {
+	if h.Reads != nil {
+		h.Reads.Refused.WithLabelValues(reason).Inc()
+	}
 }
 
 func (h *Handler) acquire() bool {
@@ -206,30 +299,128 @@ func (h *Handler) count(result string) {
 	}
 }
 
-// admit reads the review from r into body and decides, writing any patch into patch.
-// log gains the request's uid, namespace and pod name for every line after it.
-func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Logger) (*reviewResponse, error) {
+// read checks the request line and headers and reads the body into body, under
+// ReadTimeout and BodyBudget; *charged is what it took of the budget, released by the
+// caller once the answer is written.
+func (h *Handler) read(w http.ResponseWriter, r *http.Request, body *bytes.Buffer, charged *int64) (err error) {
+	timeout := h.ReadTimeout
+	if timeout <= 0 {
+		timeout = DefaultReadTimeout
+	}
+	// The deadline is the connection's: a read blocked on a silent client fails when
+	// it passes. It stays set after a refusal, so that net/http's draining of an
+	// unread body ends there too; after a body read in full it is cleared, and net/http
+	// sets its own deadlines again for the connection's next request. (A
+	// ResponseWriter without a connection, in tests, has none.)
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(timeout)) == nil {
+		defer func() {
+			switch {
+			case err == nil:
+				_ = rc.SetReadDeadline(time.Time{})
+			case errors.Is(err, errBudget):
+				_ = rc.SetReadDeadline(time.Now()) // read nothing more of it
+			}
+		}()
+	}
 	if r.Method != http.MethodPost {
-		return nil, &httpError{http.StatusMethodNotAllowed, "only POST is allowed"}
+		return &httpError{http.StatusMethodNotAllowed, "only POST is allowed"}
 	}
 	// The apiserver sends exactly "application/json"; only anything else is parsed
 	// (ParseMediaType allocates a map per call).
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" && mediaType(ct) != "application/json" {
-		return nil, &httpError{http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: want application/json", r.Header.Get("Content-Type"))}
+		return &httpError{http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: want application/json", r.Header.Get("Content-Type"))}
 	}
 	limit := h.MaxBodyBytes
 	if limit <= 0 {
 		limit = DefaultMaxBodyBytes
 	}
 	if r.ContentLength > limit {
-		return nil, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body of %d bytes is over the limit of %d", r.ContentLength, limit)}
+		return &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body of %d bytes is over the limit of %d", r.ContentLength, limit)}
 	}
-	if n, err := body.ReadFrom(io.LimitReader(r.Body, limit+1)); err != nil {
-		return nil, &httpError{http.StatusBadRequest, "read body: " + err.Error()}
-	} else if n > limit {
-		return nil, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body is over the limit of %d bytes", limit)}
+	// A body with a known length is read to that length; one without, to limit+1 (to
+	// tell an over-long body).
+	want := limit + 1
+	if r.ContentLength >= 0 {
+		want = r.ContentLength
 	}
+	buf, rerr := h.readBody(r.Body, body.AvailableBuffer(), want, limit, charged)
+	*body = *bytes.NewBuffer(buf)
+	var ne interface{ Timeout() bool }
+	switch {
+	case errors.Is(rerr, errBudget):
+		return fmt.Errorf("%w: %w", &httpError{http.StatusTooManyRequests, fmt.Sprintf("too many request bytes buffered at once (budget %d)", h.budget())}, errBudget)
+	case rerr != nil && (errors.Is(rerr, os.ErrDeadlineExceeded) || errors.As(rerr, &ne) && ne.Timeout()):
+		return &httpError{http.StatusRequestTimeout, fmt.Sprintf("body not received within %s", timeout)}
+	case rerr != nil:
+		return &httpError{http.StatusBadRequest, "read body: " + rerr.Error()}
+	case int64(len(buf)) > limit:
+		return &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body is over the limit of %d bytes", limit)}
+	}
+	return nil
+}
 
+var errBudget = errors.New("body budget exhausted")
+
+func (h *Handler) budget() int64 {
+	if h.BodyBudget > 0 {
+		return h.BodyBudget
+	}
+	return DefaultBodyBudget
+}
+
+// readBody reads r to EOF, or to want bytes, or past limit, appending to buf. Before
+// each read it charges the budget for every byte the read may bring and every byte of
+// capacity it allocates (a pooled buffer's capacity exists already and is not
+// charged): what a request holds is bounded by what it actually sent, plus one
+// readChunk, at most doubled by buffer growth.
+func (h *Handler) readBody(r io.Reader, buf []byte, want, limit int64, charged *int64) ([]byte, error) {
+	for {
+		room := min(int64(readChunk), max(want-int64(len(buf)), 1))
+		need := int64(len(buf)) + room
+		target := need
+		if int64(cap(buf)) < need {
+			target = min(max(2*int64(cap(buf)), need), max(want, need))
+		}
+		if target > *charged {
+			if !h.take(target - *charged) {
+				return buf, errBudget
+			}
+			*charged = target
+		}
+		if int64(cap(buf)) < need {
+			nb := make([]byte, len(buf), target)
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := r.Read(buf[len(buf):need])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil || int64(len(buf)) > limit {
+			return buf, err
+		}
+	}
+}
+
+// take charges n bytes to the budget unless that would go over it.
+func (h *Handler) take(n int64) bool {
+	limit := h.budget()
+	for {
+		cur := h.buffered.Load()
+		if cur+n > limit {
+			return false
+		}
+		if h.buffered.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
+}
+
+// admit decides on the review in body, writing any patch into patch.
+// log gains the request's uid, namespace and pod name for every line after it.
+func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Logger) (*reviewResponse, error) {
 	var rev review
 	if err := unmarshal(body.Bytes(), &rev); err != nil {
 		return h.notAPod(body.Bytes(), err)
@@ -290,7 +481,7 @@ func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Lo
 // of object is allowed untouched; anything else is a bad request.
 func (h *Handler) notAPod(body []byte, podErr error) (*reviewResponse, error) {
 	var rev otherReview
-	if err := json.Unmarshal(body, &rev); err != nil {
+	if err := unmarshal(body, &rev); err != nil {
 		return nil, &httpError{http.StatusBadRequest, "not an AdmissionReview: " + err.Error()}
 	}
 	if err := checkReview(rev.APIVersion, rev.Kind, rev.Request != nil, rev.Request != nil && rev.Request.UID != ""); err != nil {
@@ -299,7 +490,7 @@ func (h *Handler) notAPod(body []byte, podErr error) (*reviewResponse, error) {
 	var head struct {
 		Kind string `json:"kind"`
 	}
-	if json.Unmarshal(rev.Request.Object, &head) == nil && head.Kind == "Pod" {
+	if len(rev.Request.Object) > 0 && unmarshal(rev.Request.Object, &head) == nil && head.Kind == "Pod" {
 		return nil, &httpError{http.StatusBadRequest, "malformed pod: " + podErr.Error()}
 	}
 	h.count(ResultSkipped)

@@ -238,3 +238,25 @@ func TestHandlerAnswersWithLength(t *testing.T) {
 			resp.StatusCode, resp.TransferEncoding, resp.ContentLength, len(got))
 	}
 }
+
+// Finding 10 of security issue 16: the fallback decoder (a review of an object that is
+// not a pod) matched keys case-insensitively, so "UID" overrode "uid". Both decoders
+// now read keys as the apiserver does: exactly.
+func TestHandlerKeysCaseSensitive(t *testing.T) {
+	const notAPod = `"kind":{"group":"apps","version":"v1","kind":"Deployment"},"operation":"CREATE","object":{"kind":"Deployment","spec":{"containers":7}}`
+	const pod = `"kind":{"group":"","version":"v1","kind":"Pod"},"operation":"UPDATE","object":{"kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[]}}`
+	for name, object := range map[string]string{"not a pod (fallback decoder)": notAPod, "pod": pod} {
+		t.Run(name, func(t *testing.T) {
+			h, _ := testHandler(t)
+			s := serve(t, h, "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"A","UID":"B",`+object+`}}`))
+			if s.code != 200 || s.review.Response.UID != "A" {
+				t.Errorf(`"uid":"A","UID":"B": HTTP %d, uid %q, want 200 and "A"`, s.code, s.review.Response.UID)
+			}
+			// A review whose only request is spelt "Request" has none.
+			s = serve(t, h, "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","Request":{"uid":"A",`+object+`}}`))
+			if s.code != 400 || !strings.Contains(s.body, "no request") {
+				t.Errorf(`"Request": HTTP %d %q, want 400 "no request"`, s.code, s.body)
+			}
+		})
+	}
+}
