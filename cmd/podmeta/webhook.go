@@ -12,12 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	utilversion "k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
@@ -48,7 +45,11 @@ type serverOptions struct {
 	probeAddr        string
 	maxBodyBytes     int64
 	maxInFlight      int
+	bodyReadTimeout  time.Duration
+	bodyBudget       int64
 	namespaceWait    time.Duration
+	maxNSWaits       int
+	clientCAFile     string
 	gracefulShutdown time.Duration
 	shutdownDelay    time.Duration
 	zap              zap.Options
@@ -68,7 +69,10 @@ func defaultServerOptions() *serverOptions {
 		probeAddr:        ":8081",
 		maxBodyBytes:     webhook.DefaultMaxBodyBytes,
 		maxInFlight:      100,
+		bodyReadTimeout:  webhook.DefaultReadTimeout,
+		bodyBudget:       webhook.DefaultBodyBudget,
 		namespaceWait:    time.Second,
+		maxNSWaits:       defaultMaxNamespaceWaits,
 		gracefulShutdown: 30 * time.Second,
 		shutdownDelay:    5 * time.Second,
 		cfg:              webhook.DefaultConfig(),
@@ -84,8 +88,12 @@ func (o *serverOptions) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", o.metricsAddr, "Prometheus /metrics address; 0 disables")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", o.probeAddr, "/healthz and /readyz address")
 	fs.Int64Var(&o.maxBodyBytes, "max-request-bytes", o.maxBodyBytes, "largest AdmissionReview body accepted (413 above)")
-	fs.IntVar(&o.maxInFlight, "max-in-flight", o.maxInFlight, "admission requests served at once; more are refused at once with 429 (0: no limit)")
-	fs.DurationVar(&o.namespaceWait, "namespace-wait", o.namespaceWait, "how long a request waits for a namespace the cache has not seen yet")
+	fs.IntVar(&o.maxInFlight, "max-in-flight", o.maxInFlight, "admission requests decided at once, counted once their body is read; more are refused at once with 429 (0: no limit)")
+	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", o.bodyReadTimeout, "how long a request may take to send its body once its headers are read; slower ones get 408 and their connection is closed")
+	fs.Int64Var(&o.bodyBudget, "body-budget-bytes", o.bodyBudget, "bytes buffered for request bodies by all requests at once (at least --max-request-bytes); a request that would go over it gets 429")
+	fs.DurationVar(&o.namespaceWait, "namespace-wait", o.namespaceWait, "how long a request waits for a namespace the cache has not seen yet (one shared wait per name)")
+	fs.IntVar(&o.maxNSWaits, "max-namespace-waits", o.maxNSWaits, "requests waiting at once for namespaces the cache has not seen; more go on at once without namespace defaults (logged, counted in podmeta_namespace_lookups_total{result=\"overflow\"})")
+	fs.StringVar(&o.clientCAFile, "client-ca-file", o.clientCAFile, "PEM CA bundle: when set, every client (the kube-apiserver) must present a certificate it signed; the file is re-read when it changes (default: no client authentication)")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish once the server stops")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", o.shutdownDelay, "after SIGTERM, keep serving this long, not ready and closing each connection after its response, so the apiserver moves to other replicas before this one stops")
 	o.zap.BindFlags(fs)
@@ -108,7 +116,7 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		o.cfg.ExcludedNamespaces = append(o.cfg.ExcludedNamespaces, o.namespace)
 	}
 	o.certs.Namespace = o.namespace
-	if err := errors.Join(o.cfg.Validate(), o.certs.Validate()); err != nil {
+	if err := errors.Join(o.cfg.Validate(), o.certs.Validate(), o.validate()); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	o.zap.DestWriter = s.err
@@ -138,6 +146,12 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
+	var clientCAs *clientCAs
+	if o.clientCAFile != "" {
+		if clientCAs, err = loadClientCAs(o.clientCAFile, log.WithName("client-ca")); err != nil {
+			return err
+		}
+	}
 	server := crwebhook.NewServer(crwebhook.Options{
 		Host: o.host, Port: o.port,
 		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
@@ -147,7 +161,7 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 			// stream-cancellation CVEs (CVE-2023-44487, CVE-2023-39325), and the apiserver
 			// calls webhooks over HTTP/1.1 keep-alive connections anyway.
 			c.NextProtos = []string{"http/1.1"}
-		}},
+		}, clientCAs.tlsOption},
 	})
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                  scheme,
@@ -167,6 +181,11 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	if err := mgr.Add(certSource); err != nil {
 		return err
 	}
+	if clientCAs != nil {
+		if err := mgr.Add(clientCAs); err != nil {
+			return err
+		}
+	}
 	// Start the namespace informer with the manager, not at the first request.
 	if _, err := mgr.GetCache().GetInformer(ctx, namespaceMeta()); err != nil {
 		return fmt.Errorf("namespace informer: %w", err)
@@ -181,13 +200,18 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		return err
 	}
 
+	namespaces := newNamespaceLookup(cacheGetter(mgr.GetCache()), &synced, o.namespaceWait, o.maxNSWaits,
+		newNamespaceLookupMetric(crmetrics.Registry), log.WithName("namespaces"))
 	handler := &webhook.Handler{
 		Injector:     injector,
-		Namespaces:   namespaceAnnotations(mgr.GetCache(), &synced, o.namespaceWait, log),
+		Namespaces:   namespaces.Annotations,
 		Metrics:      webhook.NewMetrics(crmetrics.Registry),
+		Reads:        webhook.NewReadMetrics(crmetrics.Registry),
 		Log:          log.WithName("admission"),
 		MaxBodyBytes: o.maxBodyBytes,
 		MaxInFlight:  o.maxInFlight,
+		ReadTimeout:  o.bodyReadTimeout,
+		BodyBudget:   o.bodyBudget,
 	}
 	// GetWebhookServer also adds the server to the manager.
 	mgr.GetWebhookServer().Register(MutatePath, handler)
@@ -220,7 +244,8 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	}); err != nil {
 		return err
 	}
-	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace, "certMode", o.certs.EffectiveMode())
+	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace, "certMode", o.certs.EffectiveMode(),
+		"clientAuth", o.clientCAFile != "", "maxInFlight", o.maxInFlight, "maxRequestBytes", o.maxBodyBytes, "bodyBudgetBytes", o.bodyBudget, "bodyReadTimeout", o.bodyReadTimeout)
 	// The manager gets its own context: on SIGTERM podmeta first drains for
 	// --shutdown-delay, then stops the manager, which finishes in-flight requests.
 	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
@@ -245,6 +270,24 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// validate checks the server's own flags.
+func (o *serverOptions) validate() error {
+	var errs []error
+	switch {
+	case o.maxBodyBytes <= 0:
+		errs = append(errs, fmt.Errorf("--max-request-bytes=%d: must be positive", o.maxBodyBytes))
+	case o.bodyBudget < o.maxBodyBytes:
+		errs = append(errs, fmt.Errorf("--body-budget-bytes=%d is below --max-request-bytes=%d: the largest review could never be read", o.bodyBudget, o.maxBodyBytes))
+	}
+	if o.bodyReadTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--body-read-timeout=%s: must be positive", o.bodyReadTimeout))
+	}
+	if o.maxInFlight < 0 || o.maxNSWaits < 0 {
+		errs = append(errs, errors.New("--max-in-flight and --max-namespace-waits must not be negative"))
+	}
+	return errors.Join(errs...)
 }
 
 func (o *serverOptions) restConfig() (*rest.Config, error) {
@@ -280,30 +323,6 @@ var namespaceType = metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}
 
 func namespaceMeta() *metav1.PartialObjectMetadata {
 	return &metav1.PartialObjectMetadata{TypeMeta: namespaceType}
-}
-
-// namespaceAnnotations reads a namespace's annotations from the informer cache. A
-// namespace the cache has not seen yet (created a moment ago) is waited for briefly —
-// still no network I/O — so its defaults are not silently missed.
-func namespaceAnnotations(c cache.Cache, synced *atomic.Bool, wait time.Duration, log logr.Logger) webhook.NamespaceAnnotations {
-	return func(ctx context.Context, name string) map[string]string {
-		deadline := time.Now().Add(wait)
-		for {
-			ns := namespaceMeta()
-			err := c.Get(ctx, types.NamespacedName{Name: name}, ns)
-			switch {
-			case err == nil:
-				return ns.Annotations
-			case !apierrors.IsNotFound(err) && synced.Load():
-				log.Error(err, "read namespace from cache", "namespace", name)
-				return nil
-			case time.Now().After(deadline) || ctx.Err() != nil:
-				log.Info("namespace not in cache; using no namespace defaults", "namespace", name)
-				return nil
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 }
 
 // runnable adapts a function to manager.Runnable.
