@@ -32,15 +32,31 @@ const (
 	KeyCert = corev1.TLSCertKey
 	KeyKey  = corev1.TLSPrivateKeyKey
 
-	// AnnotationCARotatedAt is when the current CA entered the Secret (RFC 3339).
+	// AnnotationCARotatedAt is when the current CA entered the Secret (RFC 3339). It
+	// is written for people reading the Secret; podmeta reads the time from the CA
+	// itself (issuedAt), so deleting or editing it changes nothing.
 	AnnotationCARotatedAt = "podmeta.io/ca-rotated-at"
-	// AnnotationCertIssuedAt is when the current serving certificate entered the Secret.
+	// AnnotationCertIssuedAt is when the current serving certificate entered the
+	// Secret; like AnnotationCARotatedAt, informational only.
 	AnnotationCertIssuedAt = "podmeta.io/cert-issued-at"
 )
 
 // backdate is subtracted from NotBefore so that an apiserver whose clock is a little
 // behind ours does not see a certificate from the future.
 const backdate = time.Minute
+
+// notBefore is the NotBefore of a certificate made at now: backdated, and rounded up
+// to a whole second (what X.509 stores) so that issuedAt gives back a time no earlier
+// than now.
+func notBefore(now time.Time) time.Time {
+	return now.Add(time.Second - 1).Truncate(time.Second).Add(-backdate)
+}
+
+// issuedAt is when podmeta made c: the overlap of a CA rotation is timed from the
+// certificates themselves, which no one can change without replacing them, and not
+// from the Secret's annotations, which anyone who may edit it can delete (a rotation
+// would then drop the previous CA at once, skipping the overlap).
+func issuedAt(c *x509.Certificate) time.Time { return c.NotBefore.Add(backdate) }
 
 // Material is the parsed content of the self-managed Secret.
 type Material struct {
@@ -51,7 +67,8 @@ type Material struct {
 	Key        crypto.Signer
 	// PEM forms, written back unchanged.
 	CAPEM, CAKeyPEM, PreviousCAPEM, CertPEM, KeyPEM []byte
-	CARotatedAt, CertIssuedAt                       time.Time
+	// When the CA and the serving certificate were made, from their NotBefore.
+	CARotatedAt, CertIssuedAt time.Time
 }
 
 // ErrEmpty is returned by ParseSecret for a Secret with no certificate yet (the
@@ -76,7 +93,8 @@ func parsePair(data map[string][]byte, certKey, keyKey string) (*x509.Certificat
 }
 
 // ParseSecret reads and cross-checks the Secret: the keys match their certificates and
-// the serving certificate was signed by the CA or the previous CA.
+// the serving certificate was signed by the CA or the previous CA. annotations are
+// not used (see issuedAt); the parameter stays for callers that pass them.
 func ParseSecret(data map[string][]byte, annotations map[string]string) (*Material, error) {
 	if len(data[KeyCACert]) == 0 && len(data[KeyCert]) == 0 {
 		return nil, ErrEmpty
@@ -100,8 +118,8 @@ func ParseSecret(data map[string][]byte, annotations map[string]string) (*Materi
 	if m.Issuer() == nil {
 		return nil, fmt.Errorf("%s was signed by neither %s nor %s", KeyCert, KeyCACert, KeyPreviousCACert)
 	}
-	m.CARotatedAt, _ = time.Parse(time.RFC3339Nano, annotations[AnnotationCARotatedAt])
-	m.CertIssuedAt, _ = time.Parse(time.RFC3339Nano, annotations[AnnotationCertIssuedAt])
+	// The annotations are not read: see issuedAt.
+	m.CARotatedAt, m.CertIssuedAt = issuedAt(m.CA), issuedAt(m.Cert)
 	return m, nil
 }
 
@@ -151,7 +169,7 @@ func newCA(now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err e
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "podmeta-webhook-ca@" + strconv.FormatInt(now.Unix(), 10)},
-		NotBefore:             now.Add(-backdate),
+		NotBefore:             notBefore(now),
 		NotAfter:              now.Add(validity),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
@@ -186,7 +204,7 @@ func newServingCert(now time.Time, validity time.Duration, ca *x509.Certificate,
 		Subject:               pkix.Name{CommonName: dnsNames[0]},
 		DNSNames:              dnsNames,
 		IPAddresses:           ips,
-		NotBefore:             now.Add(-backdate),
+		NotBefore:             notBefore(now),
 		NotAfter:              notAfter,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageDigitalSignature,

@@ -220,3 +220,83 @@ func TestCertSelfManagedRotation(t *testing.T) {
 		t.Errorf("%d serving certificates from %d CAs, at most %d CAs in a caBundle; want >= 10, >= 3 and 2", len(certs), len(cas), maxCAs)
 	}
 }
+
+// Finding 9 of security issue 16: the overlap of a CA rotation was timed from the
+// Secret's annotations, so a Secret that lost them mid-rotation switched to the new CA
+// and dropped the previous one at the next check, skipping the documented overlap.
+// The times now come from the certificates. Here the annotations are deleted after
+// every check of a rotation, and the previous CA is still kept for the full overlap:
+// the new CA is served only after the caBundle held it for a check interval, and the
+// previous CA leaves the caBundle only two intervals after that.
+func TestCertOverlapWithoutAnnotations(t *testing.T) {
+	c := testConfig()
+	cs := fake.NewClientset(
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Secret, Namespace: c.Namespace}},
+		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.WebhookConfigName}, Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "a.podmeta.io"}}},
+	)
+	s := NewSelfManaged(c, cs, NewExpiryGauge(nil), logr.Discard())
+	now := t0
+	s.Now = func() time.Time { return now }
+	ctx := context.Background()
+	secrets := cs.CoreV1().Secrets(c.Namespace)
+	read := func() *corev1.Secret {
+		sec, err := secrets.Get(ctx, c.Secret, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sec
+	}
+	bundleCAs := func() int {
+		whc, _ := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, c.WebhookConfigName, metav1.GetOptions{})
+		return len(parsePEMCerts(whc.Webhooks[0].ClientConfig.CABundle))
+	}
+	var rotatedAt, switchedAt, droppedAt time.Time
+	var newCA []byte
+	// Checks every 100 ms (the interval is 1 s) from bootstrap through one CA rotation.
+	for ; now.Before(t0.Add(16 * time.Second)); now = now.Add(100 * time.Millisecond) {
+		if err := s.Check(ctx); err != nil {
+			t.Fatal(err)
+		}
+		sec := read()
+		hasPrevious := len(sec.Data[KeyPreviousCACert]) > 0
+		switch {
+		case rotatedAt.IsZero() && hasPrevious:
+			rotatedAt, newCA = now, sec.Data[KeyCACert]
+		case !rotatedAt.IsZero() && switchedAt.IsZero():
+			m, err := ParseSecret(sec.Data, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Cert.CheckSignatureFrom(m.CA) == nil {
+				switchedAt = now
+			}
+		case !switchedAt.IsZero() && droppedAt.IsZero() && !hasPrevious:
+			droppedAt = now
+			if n := bundleCAs(); n != 1 {
+				t.Errorf("caBundle holds %d CAs after the drop", n)
+			}
+		}
+		if !rotatedAt.IsZero() && droppedAt.IsZero() && bundleCAs() != 2 {
+			t.Fatalf("%s after the rotation began: the caBundle lost a CA before the overlap ended", now.Sub(rotatedAt))
+		}
+		if len(sec.Annotations) > 0 { // a user, or a tool, removes them
+			sec.Annotations = nil
+			if _, err := secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("rotation began %s after bootstrap; new CA served %s later; previous CA dropped %s after that",
+		rotatedAt.Sub(t0), switchedAt.Sub(rotatedAt), droppedAt.Sub(switchedAt))
+	switch {
+	case rotatedAt.IsZero() || switchedAt.IsZero() || droppedAt.IsZero():
+		t.Fatalf("rotation incomplete: began %v, switched %v, dropped %v", rotatedAt, switchedAt, droppedAt)
+	case switchedAt.Sub(rotatedAt) < c.CheckInterval:
+		t.Errorf("the new CA was served %s after it entered the caBundle, want at least one check interval (%s)", switchedAt.Sub(rotatedAt), c.CheckInterval)
+	case droppedAt.Sub(switchedAt) < 2*c.CheckInterval:
+		t.Errorf("the previous CA was dropped %s after the switch, want at least two check intervals (%s)", droppedAt.Sub(switchedAt), 2*c.CheckInterval)
+	}
+	if string(read().Data[KeyCACert]) != string(newCA) {
+		t.Error("the CA changed again")
+	}
+}
