@@ -39,7 +39,8 @@ func testInjector(t testing.TB, args ...string) *Injector {
 
 // checkPlan proves the properties every plan must have, and returns the patched pod JSON:
 //   - every operation is an "add";
-//   - PatchJSON, with its templates, is byte for byte encoding/json's rendering;
+//   - PatchJSON, with the fast path of fastjson.go, is byte for byte encoding/json's
+//     rendering of the same values;
 //   - the patch applies to the input with evanphx/json-patch (as the apiserver does) and
 //     gives exactly the Pod the typed rendering gives;
 //   - planning the output again adds nothing (idempotence);
@@ -60,7 +61,7 @@ func checkPlan(t testing.TB, in *Injector, raw []byte, namespace string, nsAnn m
 		t.Fatalf("PatchJSON differs from json.Marshal(Patch()):\n%s\n%s", opsJSON, viaLib)
 	}
 	var plain bytes.Buffer
-	if err := plan.writePatchJSON(&plain, false); err != nil {
+	if err := plan.writePatchJSON(&plain, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(opsJSON, plain.Bytes()) {
@@ -165,7 +166,7 @@ func subsetPath(a, b any, path string) string {
 	}
 }
 
-// TestPatchJSONOddStrings feeds the templates strings they must not hold verbatim: a
+// TestPatchJSONOddStrings feeds the fast path strings it must not write verbatim: a
 // container name or mount path with a quote, a backslash, a control character, non-ASCII
 // or HTML characters, and an empty container name (an omitempty field). The apiserver rejects such a pod only after admission, so the
 // patch must still be exactly what encoding/json writes (checkPlan compares the bytes).
@@ -194,7 +195,7 @@ func TestPatchJSONOddStrings(t *testing.T) {
 
 // TestInjectorConcurrent plans, renders and applies pods from several goroutines on one
 // Injector, as the handler does, then mutates the applied pods. make test runs it with
-// -race: the Injector's templates, cached ambassador and storage defaults may only be
+// -race: the Injector's env vars, shared ambassador, fast-path encoder and storage defaults may only be
 // read. Without -race it still checks that nothing a request did changed what the next
 // one gets.
 func TestInjectorConcurrent(t *testing.T) {
@@ -223,7 +224,7 @@ func TestInjectorConcurrent(t *testing.T) {
 		js, err := plan.PatchJSON()
 		var plain bytes.Buffer // from the typed values, which Apply and explain use too
 		if err == nil {
-			err = plan.writePatchJSON(&plain, false)
+			err = plan.writePatchJSON(&plain, nil)
 		}
 		if err != nil {
 			t.Error(err)
@@ -268,38 +269,6 @@ func TestInjectorConcurrent(t *testing.T) {
 	for i, raw := range pods {
 		if got, want := render(in, raw), render(fresh, raw); got != want {
 			t.Errorf("pod %d: after concurrent use the Injector gives\n%s\nwant\n%s", i, got, want)
-		}
-	}
-}
-
-// TestPatchJSONUsesTemplates keeps the fast rendering in use: with every feature on, an
-// ordinary pod's additions must all be written from templates, but for the storage
-// quantities (left to encoding/json: a few µs). The other tests cannot tell, since the
-// fallback gives the same bytes.
-func TestPatchJSONUsesTemplates(t *testing.T) {
-	in := testInjector(t)
-	for _, initContainers := range []bool{false, true} { // the ambassador as a new list, or first in one
-		spec := map[string]any{"containers": []any{
-			map[string]any{"name": "web", "env": []any{map[string]any{"name": "A", "value": "1"}}, "volumeMounts": []any{map[string]any{"name": "data", "mountPath": "/data"}}},
-			map[string]any{"name": "sidecar"},
-		}, "volumes": []any{map[string]any{"name": "data", "emptyDir": map[string]any{}}}}
-		if initContainers {
-			spec["initContainers"] = []any{map[string]any{"name": "init"}}
-			delete(spec, "volumes")
-		}
-		raw, _ := json.Marshal(map[string]any{"metadata": map[string]any{"name": "p", "annotations": map[string]string{AnnotationAmbassador: "true"}}, "spec": spec})
-		plan, err := in.PlanPod(raw, "ns", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, op := range plan.Patch() {
-			if strings.HasSuffix(op.Path, "/ephemeral-storage") || strings.HasSuffix(op.Path, "/resources") {
-				continue
-			}
-			var buf bytes.Buffer
-			if f, ok := op.Value.(fastValue); !ok || !f.appendJSON(&buf) {
-				t.Errorf("%s (%T) is rendered by encoding/json, not from a template", op.Path, op.Value)
-			}
 		}
 	}
 }

@@ -53,7 +53,7 @@ type Config struct {
 	ExcludedNamespaces []string
 }
 
-// DefaultConfig returns the defaults documented in DESIGN.md and the chart.
+// DefaultConfig returns the defaults the README documents and the chart repeats.
 func DefaultConfig() Config {
 	return Config{
 		Inject:                    true,
@@ -97,11 +97,21 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	})
 }
 
+// UseNativeSidecar resolves NativeSidecar given whether the cluster supports native
+// sidecars (Kubernetes >= 1.29).
+func (c *Config) UseNativeSidecar(clusterSupports bool) bool {
+	switch c.NativeSidecar {
+	case NativeSidecarAlways:
+		return true
+	case NativeSidecarNever:
+		return false
+	}
+	return clusterSupports
+}
+
 // Validate reports every invalid field at once.
 func (c *Config) Validate() error {
 	var errs []error
-	// The annotation parsers validate the defaults too, so a flag and an annotation can
-	// never disagree about what is valid.
 	if _, err := c.settings(); err != nil {
 		errs = append(errs, err)
 	}

@@ -1,17 +1,19 @@
 package webhook
 
 import (
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
-// envKey is one Downward-API env var podmeta knows how to inject.
+// envKey is one Downward-API fact podmeta can inject as an env var. A resource key is
+// also a file of the metadata volume, per container: the table is the one list of
+// resource facts podmeta knows.
 type envKey struct {
 	name      string
 	fieldPath string // metadata.name, status.podIP, …; empty for resource keys
 	resource  string // requests.cpu, limits.memory, …; empty for field keys
 	divisor   resource.Quantity
-	inDefault bool
+	file      string // the metadata volume's containers/NAME/<file>; resource keys only
+	inDefault bool   // in the "default" set of podmeta.io/env
 }
 
 var (
@@ -19,7 +21,9 @@ var (
 	divisorOne   = resource.MustParse("1")
 )
 
-// envKeys lists every key in injection order. The first nine are the default set.
+// envKeys lists every key in injection order, which is also the order of the metadata
+// volume's per-container files. Adding a key here is all the engine needs: the name
+// constant goes in consts.go, and TestChartSchemaEnvKeys names the chart's copy.
 var envKeys = []envKey{
 	{name: EnvPodName, fieldPath: "metadata.name", inDefault: true},
 	{name: EnvPodNamespace, fieldPath: "metadata.namespace", inDefault: true},
@@ -28,15 +32,26 @@ var envKeys = []envKey{
 	{name: EnvHostIP, fieldPath: "status.hostIP", inDefault: true},
 	{name: EnvNodeName, fieldPath: "spec.nodeName", inDefault: true},
 	{name: EnvServiceAccount, fieldPath: "spec.serviceAccountName", inDefault: true},
-	{name: EnvCPURequestMillicores, resource: "requests.cpu", divisor: divisorMilli, inDefault: true},
-	{name: EnvCPULimitMillicores, resource: "limits.cpu", divisor: divisorMilli},
-	{name: EnvMemoryRequestBytes, resource: "requests.memory", divisor: divisorOne},
-	{name: EnvMemoryLimitBytes, resource: "limits.memory", divisor: divisorOne, inDefault: true},
-	{name: EnvEphemeralStorageRequestBytes, resource: "requests.ephemeral-storage", divisor: divisorOne},
-	{name: EnvEphemeralStorageLimitBytes, resource: "limits.ephemeral-storage", divisor: divisorOne},
+	{name: EnvCPURequestMillicores, resource: "requests.cpu", divisor: divisorMilli, file: "cpu_request_millicores", inDefault: true},
+	{name: EnvCPULimitMillicores, resource: "limits.cpu", divisor: divisorMilli, file: "cpu_limit_millicores"},
+	{name: EnvMemoryRequestBytes, resource: "requests.memory", divisor: divisorOne, file: "memory_request_bytes"},
+	{name: EnvMemoryLimitBytes, resource: "limits.memory", divisor: divisorOne, file: "memory_limit_bytes", inDefault: true},
+	{name: EnvEphemeralStorageRequestBytes, resource: "requests.ephemeral-storage", divisor: divisorOne, file: "ephemeral_storage_request_bytes"},
+	{name: EnvEphemeralStorageLimitBytes, resource: "limits.ephemeral-storage", divisor: divisorOne, file: "ephemeral_storage_limit_bytes"},
 	{name: EnvPodIPs, fieldPath: "status.podIPs"},
 	{name: EnvHostIPs, fieldPath: "status.hostIPs"},
 }
+
+// resourceKeys are the envKeys that name a container resource, in table order.
+var resourceKeys = func() []envKey {
+	var out []envKey
+	for _, k := range envKeys {
+		if k.resource != "" {
+			out = append(out, k)
+		}
+	}
+	return out
+}()
 
 // envSet is a bitmask over envKeys: cheap to copy and compare, and iteration follows
 // envKeys' order, which is the injection order.
@@ -66,18 +81,4 @@ func (s envSet) names() []string {
 		}
 	}
 	return out
-}
-
-// envVar builds the EnvVar for key k named name. Resource keys omit containerName: for
-// env vars it defaults to the container itself, which keeps the var correct in any
-// container it lands in.
-func (k envKey) envVar(name string) corev1.EnvVar {
-	if k.fieldPath != "" {
-		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
-			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: k.fieldPath},
-		}}
-	}
-	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
-		ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: k.resource, Divisor: k.divisor},
-	}}
 }

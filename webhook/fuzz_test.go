@@ -15,7 +15,7 @@ import (
 // fuzzKeys are the annotation keys the fuzzer sets, by index.
 var fuzzKeys = func() []string {
 	keys := []string{AnnotationStatus, AnnotationMirrorPod, "podmeta.io/unknown"}
-	for k := range settings {
+	for k := range annotationSettings {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)

@@ -32,12 +32,7 @@ type Settings struct {
 
 // AmbassadorHealthPort is the ambassador's second port: the next one up, or the one
 // below for 65535, so it can never equal the proxy port.
-func (s *Settings) AmbassadorHealthPort() int {
-	if s.AmbassadorPort == 65535 {
-		return 65534
-	}
-	return s.AmbassadorPort + 1
-}
+func (s *Settings) AmbassadorHealthPort() int { return healthPort(s.AmbassadorPort) }
 
 // AnnotationError is a podmeta annotation (or operator flag) with a value podmeta cannot
 // use. Its message names where the value came from, the key, the value and the valid
@@ -69,28 +64,48 @@ const (
 	sourcePod       = "pod"
 )
 
-// setting parses one annotation's value into Settings. It returns the reason a value is
-// invalid, which AnnotationError wraps with the key and source.
-type setting func(s *Settings, v string) string
-
-var settings = map[string]setting{
-	AnnotationInject:                  func(s *Settings, v string) string { return parseBool(&s.Inject, v) },
-	AnnotationEnv:                     parseEnv,
-	AnnotationEnvPrefix:               parseEnvPrefix,
-	AnnotationContainers:              parseContainers,
-	AnnotationVolume:                  func(s *Settings, v string) string { return parseBool(&s.Volume, v) },
-	AnnotationVolumePath:              parseVolumePath,
-	AnnotationEphemeralStorageRequest: func(s *Settings, v string) string { return parseStorage(&s.StorageRequest, v) },
-	AnnotationEphemeralStorageLimit:   func(s *Settings, v string) string { return parseStorage(&s.StorageLimit, v) },
-	AnnotationAmbassador:              func(s *Settings, v string) string { return parseBool(&s.Ambassador, v) },
-	AnnotationAmbassadorMode:          parseMode,
-	AnnotationAmbassadorPort:          parsePort,
+// annotationSetting is one podmeta.io/ annotation: how its value is parsed into
+// Settings, and which Config field gives its default. Both live in one row so that a new
+// annotation cannot forget its operator default (TestEveryFlagReachesTheEngine proves
+// every flag does something).
+type annotationSetting struct {
+	// parse sets the value into Settings. It returns the reason a value is invalid, which
+	// AnnotationError wraps with the key and source.
+	parse func(s *Settings, v string) string
+	// fromConfig is the operator's default as annotation text; nil when the annotation
+	// has no flag (podmeta.io/containers names a pod's own containers).
+	fromConfig func(c *Config) string
 }
 
-// knownAnnotations lists every key settings understands, for "unknown annotation" warnings.
+var annotationSettings = map[string]annotationSetting{
+	AnnotationInject: {
+		func(s *Settings, v string) string { return parseBool(&s.Inject, v) },
+		func(c *Config) string { return strconv.FormatBool(c.Inject) }},
+	AnnotationEnv:        {parseEnv, func(c *Config) string { return c.Env }},
+	AnnotationEnvPrefix:  {parseEnvPrefix, func(c *Config) string { return c.EnvPrefix }},
+	AnnotationContainers: {parseContainers, nil},
+	AnnotationVolume: {
+		func(s *Settings, v string) string { return parseBool(&s.Volume, v) },
+		func(c *Config) string { return strconv.FormatBool(c.Volume) }},
+	AnnotationVolumePath: {parseVolumePath, func(c *Config) string { return c.VolumePath }},
+	AnnotationEphemeralStorageRequest: {
+		func(s *Settings, v string) string { return parseStorage(&s.StorageRequest, v) },
+		func(c *Config) string { return c.EphemeralStorageRequest }},
+	AnnotationEphemeralStorageLimit: {
+		func(s *Settings, v string) string { return parseStorage(&s.StorageLimit, v) },
+		func(c *Config) string { return c.EphemeralStorageLimit }},
+	AnnotationAmbassador: {
+		func(s *Settings, v string) string { return parseBool(&s.Ambassador, v) },
+		func(c *Config) string { return strconv.FormatBool(c.Ambassador) }},
+	AnnotationAmbassadorMode: {parseMode, func(c *Config) string { return c.AmbassadorMode }},
+	AnnotationAmbassadorPort: {parsePort, func(c *Config) string { return strconv.Itoa(c.AmbassadorPort) }},
+}
+
+// knownAnnotations lists every key annotationSettings understands, for "unknown
+// annotation" warnings.
 var knownAnnotations = func() string {
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
+	keys := make([]string, 0, len(annotationSettings))
+	for k := range annotationSettings {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
@@ -98,45 +113,40 @@ var knownAnnotations = func() string {
 }()
 
 // settings turns the operator config into the starting Settings, through the same
-// parsers as annotations.
+// parsers as annotations, so a flag and an annotation can never disagree about what is
+// valid.
 func (c *Config) settings() (Settings, error) {
 	var s Settings
-	values := map[string]string{
-		AnnotationInject:                  strconv.FormatBool(c.Inject),
-		AnnotationEnv:                     c.Env,
-		AnnotationEnvPrefix:               c.EnvPrefix,
-		AnnotationVolume:                  strconv.FormatBool(c.Volume),
-		AnnotationVolumePath:              c.VolumePath,
-		AnnotationEphemeralStorageRequest: c.EphemeralStorageRequest,
-		AnnotationEphemeralStorageLimit:   c.EphemeralStorageLimit,
-		AnnotationAmbassador:              strconv.FormatBool(c.Ambassador),
-		AnnotationAmbassadorMode:          c.AmbassadorMode,
-		AnnotationAmbassadorPort:          strconv.Itoa(c.AmbassadorPort),
+	defaults := make(map[string]string, len(annotationSettings))
+	for k, a := range annotationSettings {
+		if a.fromConfig != nil {
+			defaults[k] = a.fromConfig(c)
+		}
 	}
-	_, err := s.apply(sourceConfig, values)
+	_, err := s.overlay(sourceConfig, defaults)
 	if err == nil {
 		err = s.check()
 	}
 	return s, err
 }
 
-// apply layers one source's podmeta annotations over s. It returns warnings for podmeta
+// overlay layers one source's podmeta annotations over s. It returns warnings for podmeta
 // keys it does not know (a typo should be loud, but a key from a newer podmeta must not
 // break pods) and an error for every invalid value.
-func (s *Settings) apply(source string, annotations map[string]string) (warnings []string, err error) {
+func (s *Settings) overlay(source string, annotations map[string]string) (warnings []string, err error) {
 	var errs []error
 	for k, v := range annotations {
 		if !strings.HasPrefix(k, Prefix) {
 			continue
 		}
-		parse, ok := settings[k]
+		setting, ok := annotationSettings[k]
 		if !ok {
 			if k != AnnotationStatus {
 				warnings = append(warnings, fmt.Sprintf("podmeta: unknown %s annotation %s ignored; known keys: %s", source, k, knownAnnotations))
 			}
 			continue
 		}
-		if reason := parse(s, v); reason != "" {
+		if reason := setting.parse(s, v); reason != "" {
 			errs = append(errs, &AnnotationError{Source: source, Key: k, Value: v, Reason: reason})
 		}
 	}
@@ -155,21 +165,6 @@ func (s *Settings) check() error {
 			AnnotationEphemeralStorageRequest, s.StorageRequest, AnnotationEphemeralStorageLimit, s.StorageLimit)
 	}
 	return nil
-}
-
-// Resolve computes a pod's Settings: config, then namespace annotations, then pod
-// annotations. Warnings name unknown podmeta keys; the error names every invalid value.
-func (c *Config) Resolve(nsAnnotations, podAnnotations map[string]string) (Settings, []string, error) {
-	s, err := c.settings()
-	if err != nil {
-		return s, nil, err
-	}
-	w1, err1 := s.apply(sourceNamespace, nsAnnotations)
-	w2, err2 := s.apply(sourcePod, podAnnotations)
-	if err := errors.Join(err1, err2); err != nil {
-		return s, nil, err
-	}
-	return s, append(w1, w2...), s.check()
 }
 
 func norm(v string) string { return strings.ToLower(strings.TrimSpace(v)) }
