@@ -1,7 +1,8 @@
 package webhook
 
-// Every name podmeta reads from or writes into a Pod lives here. They are the product
-// contract (see DESIGN.md): renaming one breaks users.
+// Every name podmeta reads from or writes into a Pod lives here, with a line of doc each.
+// They are the product contract (the README's tables are their reference, docs/design.md
+// the rules they follow): renaming one breaks users.
 
 const (
 	// Prefix is the common prefix of every podmeta label and annotation.
@@ -66,43 +67,67 @@ const (
 	EphemeralStorage = "ephemeral-storage"
 )
 
-// Ambassador modes.
+// Ambassador modes, the values of AnnotationAmbassadorMode.
 const (
-	ModeReadOnly  = "read-only"
+	// ModeReadOnly lets the pod's processes GET and HEAD only.
+	ModeReadOnly = "read-only"
+	// ModeReadWrite also forwards writes (POST, PUT, PATCH, DELETE).
 	ModeReadWrite = "read-write"
 )
 
 // Native-sidecar modes of Config.NativeSidecar.
 const (
-	NativeSidecarAuto   = "auto"
+	// NativeSidecarAuto uses a native sidecar when the apiserver is >= 1.29.
+	NativeSidecarAuto = "auto"
+	// NativeSidecarAlways always adds the ambassador as a native sidecar.
 	NativeSidecarAlways = "always"
-	NativeSidecarNever  = "never"
+	// NativeSidecarNever always adds it as an ordinary container.
+	NativeSidecarNever = "never"
 )
 
-// Downward-API env keys, in the order they are injected.
+// Downward-API env keys, the names AnnotationEnv selects, in the order they are
+// injected. envkeys.go says what each one reads.
 const (
-	EnvPodName                      = "POD_NAME"
-	EnvPodNamespace                 = "POD_NAMESPACE"
-	EnvPodUID                       = "POD_UID"
-	EnvPodIP                        = "POD_IP"
-	EnvHostIP                       = "HOST_IP"
-	EnvNodeName                     = "NODE_NAME"
-	EnvServiceAccount               = "SERVICE_ACCOUNT"
-	EnvCPURequestMillicores         = "CONTAINER_CPU_REQUEST_MILLICORES"
-	EnvCPULimitMillicores           = "CONTAINER_CPU_LIMIT_MILLICORES"
-	EnvMemoryRequestBytes           = "CONTAINER_MEMORY_REQUEST_BYTES"
-	EnvMemoryLimitBytes             = "CONTAINER_MEMORY_LIMIT_BYTES"
+	// EnvPodName is the pod's name.
+	EnvPodName = "POD_NAME"
+	// EnvPodNamespace is the pod's namespace.
+	EnvPodNamespace = "POD_NAMESPACE"
+	// EnvPodUID is the pod's UID.
+	EnvPodUID = "POD_UID"
+	// EnvPodIP is the pod's primary IP.
+	EnvPodIP = "POD_IP"
+	// EnvHostIP is the node's primary IP.
+	EnvHostIP = "HOST_IP"
+	// EnvNodeName is the node's name.
+	EnvNodeName = "NODE_NAME"
+	// EnvServiceAccount is the pod's service account.
+	EnvServiceAccount = "SERVICE_ACCOUNT"
+	// EnvCPURequestMillicores is the container's CPU request, in millicores.
+	EnvCPURequestMillicores = "CONTAINER_CPU_REQUEST_MILLICORES"
+	// EnvCPULimitMillicores is the container's CPU limit, in millicores.
+	EnvCPULimitMillicores = "CONTAINER_CPU_LIMIT_MILLICORES"
+	// EnvMemoryRequestBytes is the container's memory request, in bytes.
+	EnvMemoryRequestBytes = "CONTAINER_MEMORY_REQUEST_BYTES"
+	// EnvMemoryLimitBytes is the container's memory limit, in bytes.
+	EnvMemoryLimitBytes = "CONTAINER_MEMORY_LIMIT_BYTES"
+	// EnvEphemeralStorageRequestBytes is the container's ephemeral-storage request, in bytes.
 	EnvEphemeralStorageRequestBytes = "CONTAINER_EPHEMERAL_STORAGE_REQUEST_BYTES"
-	EnvEphemeralStorageLimitBytes   = "CONTAINER_EPHEMERAL_STORAGE_LIMIT_BYTES"
-	EnvPodIPs                       = "POD_IPS"
-	EnvHostIPs                      = "HOST_IPS"
+	// EnvEphemeralStorageLimitBytes is the container's ephemeral-storage limit, in bytes.
+	EnvEphemeralStorageLimitBytes = "CONTAINER_EPHEMERAL_STORAGE_LIMIT_BYTES"
+	// EnvPodIPs is the pod's IPs, comma-separated (dual-stack).
+	EnvPodIPs = "POD_IPS"
+	// EnvHostIPs is the node's IPs, comma-separated (dual-stack).
+	EnvHostIPs = "HOST_IPS"
 )
 
 // Keywords of AnnotationEnv.
 const (
+	// EnvSetDefault is the default set (envKeys marked inDefault).
 	EnvSetDefault = "default"
-	EnvSetAll     = "all"
-	EnvSetNone    = "none"
+	// EnvSetAll is every key.
+	EnvSetAll = "all"
+	// EnvSetNone is no key.
+	EnvSetNone = "none"
 )
 
 // DefaultExcludedNamespaces are never mutated, whatever their labels say.
