@@ -42,6 +42,11 @@ type Config struct {
 	AmbassadorImage string
 	// AmbassadorImagePullPolicy is the sidecar's imagePullPolicy.
 	AmbassadorImagePullPolicy corev1.PullPolicy
+	// AmbassadorAllowPrivilegedPaths lets every ambassador forward the API paths that run
+	// code or mint credentials (nodes/proxy, pods/ephemeralcontainers,
+	// serviceaccounts/token, pods/proxy, services/proxy), which it refuses by default.
+	// Only the operator sets it, for every pod: no annotation can.
+	AmbassadorAllowPrivilegedPaths bool
 	// AmbassadorResources is the sidecar's requests and limits, e.g.
 	// "requests.cpu=10m,requests.memory=16Mi,limits.memory=48Mi".
 	AmbassadorResources string
@@ -89,6 +94,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 		c.AmbassadorImagePullPolicy = corev1.PullPolicy(s)
 		return nil
 	})
+	fs.BoolVar(&c.AmbassadorAllowPrivilegedPaths, "ambassador-allow-privileged-paths", c.AmbassadorAllowPrivilegedPaths, "let every ambassador forward nodes/proxy, pods/ephemeralcontainers, serviceaccounts/token, pods/proxy and services/proxy (refused by default: they run code or mint credentials)")
 	fs.StringVar(&c.AmbassadorResources, "ambassador-resources", c.AmbassadorResources, "ambassador requests and limits as requests.RES=QTY,limits.RES=QTY,…")
 	fs.StringVar(&c.NativeSidecar, "native-sidecar", c.NativeSidecar, "run the ambassador as a native sidecar: auto (when the apiserver is >= 1.29), always or never")
 	fs.Func("excluded-namespaces", "comma list of namespaces never mutated (default "+strings.Join(c.ExcludedNamespaces, ",")+")", func(s string) error {

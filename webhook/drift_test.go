@@ -17,21 +17,22 @@ import (
 // otherwise be silently ignored; a new flag without a row in nonDefault fails too.
 func TestEveryFlagReachesTheEngine(t *testing.T) {
 	nonDefault := map[string]string{
-		"inject":                       "false",
-		"env":                          "all",
-		"env-prefix":                   "K8S_",
-		"volume":                       "false",
-		"volume-path":                  "/etc/elsewhere",
-		"ephemeral-storage-request":    "none",
-		"ephemeral-storage-limit":      "1Gi",
-		"ambassador":                   "true",
-		"ambassador-mode":              ModeReadWrite,
-		"ambassador-port":              "9000",
-		"ambassador-image":             "registry.example.com/other:1",
-		"ambassador-image-pull-policy": "Always",
-		"ambassador-resources":         "requests.cpu=1m",
-		"native-sidecar":               NativeSidecarNever,
-		"excluded-namespaces":          "probe",
+		"inject":                            "false",
+		"env":                               "all",
+		"env-prefix":                        "K8S_",
+		"volume":                            "false",
+		"volume-path":                       "/etc/elsewhere",
+		"ephemeral-storage-request":         "none",
+		"ephemeral-storage-limit":           "1Gi",
+		"ambassador":                        "true",
+		"ambassador-mode":                   ModeReadWrite,
+		"ambassador-port":                   "9000",
+		"ambassador-image":                  "registry.example.com/other:1",
+		"ambassador-image-pull-policy":      "Always",
+		"ambassador-resources":              "requests.cpu=1m",
+		"ambassador-allow-privileged-paths": "true",
+		"native-sidecar":                    NativeSidecarNever,
+		"excluded-namespaces":               "probe",
 	}
 	// observe is everything a Config decides: the starting Settings, and the patch (or
 	// skip) of a pod that asks for the ambassador, in namespace "probe".

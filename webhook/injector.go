@@ -57,6 +57,8 @@ func (in *Injector) ambassadorSpec(s *Settings) ambassadorSpec {
 		port:       s.AmbassadorPort,
 		mode:       s.AmbassadorMode,
 		native:     in.native,
+
+		allowPrivilegedPaths: in.cfg.AmbassadorAllowPrivilegedPaths,
 	}
 }
 

@@ -105,6 +105,9 @@ type ambassadorSpec struct {
 	port       int
 	mode       string
 	native     bool // a native sidecar: an init container with restartPolicy Always
+	// allowPrivilegedPaths lets the sidecar forward the API paths it refuses by default
+	// (nodes/proxy, pods/ephemeralcontainers, serviceaccounts/token, …): operator only.
+	allowPrivilegedPaths bool
 }
 
 // healthPort is the ambassador's second port: the next one up, or the one below for
@@ -118,14 +121,18 @@ func healthPort(port int) int {
 
 // ambassadorArgs are the ambassador's command-line flags, as cmd/ambassador defines them
 // (cmd/ambassador's flags_drift_test parses them with its own flag set).
-func ambassadorArgs(port int, mode string) []string {
-	return []string{
+func ambassadorArgs(port int, mode string, allowPrivilegedPaths bool) []string {
+	args := []string{
 		"--port=" + strconv.Itoa(port),
 		"--health-port=" + strconv.Itoa(healthPort(port)),
 		"--mode=" + mode,
 		"--token-file=" + AmbassadorTokenPath + "/token",
 		"--ca-file=" + AmbassadorTokenPath + "/ca.crt",
 	}
+	if allowPrivilegedPaths {
+		args = append(args, "--allow-privileged-paths")
+	}
+	return args
 }
 
 // container builds the sidecar. Its securityContext meets the "restricted" Pod Security
@@ -143,7 +150,7 @@ func (a ambassadorSpec) container() *corev1.Container {
 		Name:                     AmbassadorContainerName,
 		Image:                    a.image,
 		ImagePullPolicy:          a.pullPolicy,
-		Args:                     ambassadorArgs(a.port, a.mode),
+		Args:                     ambassadorArgs(a.port, a.mode, a.allowPrivilegedPaths),
 		Resources:                *a.resources.DeepCopy(),
 		VolumeMounts:             []corev1.VolumeMount{{Name: AmbassadorTokenVolumeName, MountPath: AmbassadorTokenPath, ReadOnly: true}},
 		StartupProbe:             probe("/readyz", 1, 120),

@@ -18,14 +18,21 @@ import (
 // rather than as a crash-looping sidecar in every pod. The webhook package is imported by
 // this test only, never by the binary.
 func TestWebhookArgsParse(t *testing.T) {
-	cfg := webhook.DefaultConfig()
-	in, err := webhook.NewInjector(cfg, true)
-	if err != nil {
-		t.Fatal(err)
+	for _, allow := range []bool{false, true} {
+		cfg := webhook.DefaultConfig()
+		cfg.AmbassadorAllowPrivilegedPaths = allow
+		in, err := webhook.NewInjector(cfg, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testWebhookArgsParse(t, in, allow)
 	}
+}
+
+func testWebhookArgsParse(t *testing.T, in *webhook.Injector, allow bool) {
 	for _, mode := range []string{webhook.ModeReadOnly, webhook.ModeReadWrite} {
 		for _, port := range []int{1024, webhook.DefaultAmbassadorPort, 65535} {
-			t.Run(fmt.Sprintf("%s/%d", mode, port), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/%d/allow-privileged-paths=%v", mode, port, allow), func(t *testing.T) {
 				c := ambassadorFromWebhook(t, in, mode, port)
 				got := DefaultConfig()
 				fs := flag.NewFlagSet("ambassador", flag.ContinueOnError)
@@ -42,8 +49,9 @@ func TestWebhookArgsParse(t *testing.T) {
 				if err := got.Validate(); err != nil {
 					t.Fatalf("args %q: %v", c.Args, err)
 				}
-				if got.Port != port || got.Mode != mode {
-					t.Errorf("args %q give port %d mode %q, want %d %q", c.Args, got.Port, got.Mode, port, mode)
+				if got.Port != port || got.Mode != mode || got.AllowPrivilegedPaths != allow {
+					t.Errorf("args %q give port %d mode %q allow-privileged-paths %v, want %d %q %v",
+						c.Args, got.Port, got.Mode, got.AllowPrivilegedPaths, port, mode, allow)
 				}
 				if probe := c.LivenessProbe.HTTPGet.Port.IntValue(); got.HealthPort != probe {
 					t.Errorf("args %q give health port %d, the probes check %d", c.Args, got.HealthPort, probe)
