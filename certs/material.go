@@ -45,14 +45,13 @@ const (
 // behind ours does not see a certificate from the future.
 const backdate = time.Minute
 
-// notBefore is the NotBefore of a certificate made at now: backdated, and rounded up
-// to a whole second (what X.509 stores) so that issuedAt gives back a time no earlier
-// than now.
-func notBefore(now time.Time) time.Time {
-	return now.Add(time.Second - 1).Truncate(time.Second).Add(-backdate)
-}
+// notBefore is the NotBefore of a certificate made at now: backdated, and truncated to
+// the whole second X.509 stores, so that issuedAt gives back now to the second.
+// (Rounding up instead would delay every step of a rotation by one check interval
+// whenever the checks fall between seconds.)
+func notBefore(now time.Time) time.Time { return now.Truncate(time.Second).Add(-backdate) }
 
-// issuedAt is when podmeta made c: the overlap of a CA rotation is timed from the
+// issuedAt is when podmeta made c, to the second: the overlap of a CA rotation is timed from the
 // certificates themselves, which no one can change without replacing them, and not
 // from the Secret's annotations, which anyone who may edit it can delete (a rotation
 // would then drop the previous CA at once, skipping the overlap).
