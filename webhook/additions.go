@@ -19,7 +19,37 @@ import (
 type addition interface {
 	appendOps(ops []jsonpatch.Operation) []jsonpatch.Operation
 	addTo(pod *corev1.Pod)
+	// minPatchBytes is a lower bound, cheap to compute, of the bytes appendOps' operations
+	// take in the patch (with a comma each): every string counted at its length, as if
+	// it needed no escaping, and the JSON around them at no more than its size. It lets
+	// the plan's size be bounded before anything is rendered (bounds.go).
+	minPatchBytes() int
 }
+
+// opBytes is the JSON of one operation around its path and value, and its comma:
+// {"op":"add","path":"","value":},
+const opBytes = len(`{"op":"add","path":"","value":},`)
+
+// Lower bounds of what some values take in JSON, for minPatchBytes.
+var (
+	// minEnvVarBytes is an env var around its name: {"name":""}, and valueFromBytes its
+	// valueFrom, at least ,"valueFrom":{"fieldRef":{"fieldPath":""}}.
+	minEnvVarBytes, minValueFromBytes = len(`{"name":""}`), len(`,"valueFrom":{"fieldRef":{"fieldPath":""}}`)
+	// minMountBytes is the metadata mount around its path.
+	minMountBytes = len(mustMarshal(metadataMount("")))
+	// metadataVolumeBytes is the metadata volume without containers, and
+	// containerItemsBytes one container's files around the name (which each holds
+	// twice: in the path and as containerName), with a comma.
+	metadataVolumeBytes = len(mustMarshal(metadataVolume(nil).volume()))
+	containerItemsBytes = len(mustMarshal(containerMetadataFiles(""))) - 1
+	tokenVolumeBytes    = len(mustMarshal(tokenVolume{}.volume()))
+	// minItemBytes is a volume item around its path: {"path":""}, with a comma.
+	minItemBytes = len(`{"path":""},`)
+	// minStorageBytes is a resources, requests or limits value: {"ephemeral-storage":""}.
+	minStorageBytes = len(`{"ephemeral-storage":""}`)
+	// minContainerBytes is any ambassador container: its name and image and a few braces.
+	minContainerBytes = len(`{"name":"` + AmbassadorContainerName + `","image":""}`)
+)
 
 // Patch renders the plan as JSON-patch operations, all of them "add": podmeta never
 // removes or replaces what the pod has.
@@ -102,6 +132,21 @@ func (a envAddition) appendOps(ops []jsonpatch.Operation) []jsonpatch.Operation 
 	return ops
 }
 
+func (a envAddition) minPatchBytes() int {
+	path := len(a.ref.path()) + len("/env")
+	n := opBytes + path
+	if a.ref.c.Env != nil {
+		n = len(a.vars) * (opBytes + path + len("/0"))
+	}
+	for i := range a.vars {
+		n += minEnvVarBytes + len(a.vars[i].Name) + len(a.vars[i].Value)
+		if a.vars[i].ValueFrom != nil {
+			n += minValueFromBytes
+		}
+	}
+	return n
+}
+
 func (a envAddition) addTo(pod *corev1.Pod) {
 	c := a.ref.in(pod)
 	vars := make([]corev1.EnvVar, 0, len(a.vars)+len(c.Env))
@@ -119,6 +164,10 @@ type mountAddition struct {
 
 func (a mountAddition) appendOps(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	return addOrAppend(ops, a.ref.path()+"/volumeMounts", a.ref.c.VolumeMounts != nil, a.mount)
+}
+
+func (a mountAddition) minPatchBytes() int {
+	return opBytes + len(a.ref.path()) + len("/volumeMounts") + minMountBytes + len(a.mount.MountPath)
 }
 
 func (a mountAddition) addTo(pod *corev1.Pod) {
@@ -144,6 +193,20 @@ func (a volumeAddition) appendOps(ops []jsonpatch.Operation) []jsonpatch.Operati
 	return addOrAppend(ops, "/spec/volumes", a.hadVolumes, a.vol)
 }
 
+func (a volumeAddition) minPatchBytes() int {
+	n := opBytes + len("/spec/volumes")
+	switch v := a.vol.(type) {
+	case metadataVolume:
+		n += metadataVolumeBytes
+		for _, name := range v {
+			n += containerItemsBytes + len(resourceKeys)*2*len(name)
+		}
+	case tokenVolume:
+		n += tokenVolumeBytes
+	}
+	return n
+}
+
 func (a volumeAddition) addTo(pod *corev1.Pod) {
 	pod.Spec.Volumes = append(pod.Spec.Volumes, a.vol.volume())
 }
@@ -157,6 +220,21 @@ type volumeItemsAddition struct {
 
 func (a volumeItemsAddition) appendOps(ops []jsonpatch.Operation) []jsonpatch.Operation {
 	return addOrAppend(ops, "/spec/volumes/"+strconv.Itoa(a.index)+"/downwardAPI/items", a.hadItems, a.items...)
+}
+
+func (a volumeItemsAddition) minPatchBytes() int {
+	path := len("/spec/volumes/") + len(strconv.Itoa(a.index)) + len("/downwardAPI/items")
+	n := opBytes + path
+	if a.hadItems {
+		n = len(a.items) * (opBytes + path + len("/-"))
+	}
+	for i := range a.items {
+		n += minItemBytes + len(a.items[i].Path)
+		if r := a.items[i].ResourceFieldRef; r != nil {
+			n += len(r.ContainerName) + len(r.Resource)
+		}
+	}
+	return n
 }
 
 func (a volumeItemsAddition) addTo(pod *corev1.Pod) {
@@ -191,6 +269,10 @@ func (a storageAddition) appendOps(ops []jsonpatch.Operation) []jsonpatch.Operat
 		}
 	}
 	return ops
+}
+
+func (a storageAddition) minPatchBytes() int {
+	return opBytes + len(a.ref.path()) + len("/resources") + minStorageBytes
 }
 
 func (a storageAddition) requirements() corev1.ResourceRequirements {
@@ -239,6 +321,10 @@ func (a sidecarAddition) appendOps(ops []jsonpatch.Operation) []jsonpatch.Operat
 	}
 }
 
+func (a sidecarAddition) minPatchBytes() int {
+	return opBytes + len("/spec/containers") + minContainerBytes + len(a.container.Image)
+}
+
 func (a sidecarAddition) addTo(pod *corev1.Pod) {
 	if a.init {
 		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, *a.container.DeepCopy())
@@ -258,6 +344,10 @@ func (a annotationAddition) appendOps(ops []jsonpatch.Operation) []jsonpatch.Ope
 		return append(ops, addOp("/metadata/annotations", map[string]string{a.key: a.value}))
 	}
 	return append(ops, addOp("/metadata/annotations/"+escapePointer(a.key), a.value))
+}
+
+func (a annotationAddition) minPatchBytes() int {
+	return opBytes + len("/metadata/annotations/") + len(a.key) + len(a.value) + len(`""`)
 }
 
 func (a annotationAddition) addTo(pod *corev1.Pod) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +68,11 @@ func checkPlan(t testing.TB, in *Injector, raw []byte, namespace string, nsAnn m
 	if !bytes.Equal(opsJSON, plain.Bytes()) {
 		t.Fatalf("PatchJSON differs from encoding/json's rendering of the same values:\n%s\n%s", opsJSON, plain.Bytes())
 	}
+	// bounds.go decides from minPatchBytes without rendering when it is far from the
+	// bound: it must be a lower bound, and not too far below.
+	if n, min := len(opsJSON), plan.minPatchBytes(); n < min || n > renderExpansion*min {
+		t.Fatalf("patch of %d bytes, minPatchBytes %d: want min <= size <= %d × min", n, min, renderExpansion)
+	}
 	patch, err := jsonpatch.DecodePatch(opsJSON)
 	if err != nil {
 		t.Fatalf("decode patch: %v", err)
@@ -97,6 +103,8 @@ func checkPlan(t testing.TB, in *Injector, raw []byte, namespace string, nsAnn m
 		t.Fatalf("second pass is not empty: %s", b)
 	}
 
+	checkNoNewDuplicates(t, raw, patched)
+
 	var before, after any
 	if err := json.Unmarshal(raw, &before); err != nil {
 		t.Fatal(err)
@@ -108,6 +116,66 @@ func checkPlan(t testing.TB, in *Injector, raw []byte, namespace string, nsAnn m
 		t.Fatalf("the pod's own field %s was changed or lost", p)
 	}
 	return patched
+}
+
+// checkNoNewDuplicates proves that nothing podmeta added repeats a name in its list, or
+// a name the pod had: container names (init and regular together), volume names, and
+// per container env var names and volume mount names and paths. (A name the pod itself
+// repeats is the pod's, which the apiserver rejects after admission.)
+func checkNoNewDuplicates(t testing.TB, raw, patched []byte) {
+	t.Helper()
+	var before, after corev1.Pod
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(patched, &after); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, had, has []string) {
+		count := map[string]int{}
+		for _, n := range had {
+			count[n]--
+		}
+		for _, n := range has {
+			if count[n]++; count[n] > 0 && (count[n] > 1 || slices.Contains(had, n)) {
+				t.Fatalf("%s %q added twice, or over the pod's own", what, n)
+			}
+		}
+	}
+	names := func(n int, name func(int) string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = name(i)
+		}
+		return out
+	}
+	containers := func(p *corev1.Pod) []corev1.Container {
+		return slices.Concat(p.Spec.InitContainers, p.Spec.Containers)
+	}
+	cb, ca := containers(&before), containers(&after)
+	check("container", names(len(cb), func(i int) string { return cb[i].Name }), names(len(ca), func(i int) string { return ca[i].Name }))
+	check("volume", names(len(before.Spec.Volumes), func(i int) string { return before.Spec.Volumes[i].Name }),
+		names(len(after.Spec.Volumes), func(i int) string { return after.Spec.Volumes[i].Name }))
+	for _, list := range [][2][]corev1.Container{{before.Spec.InitContainers, after.Spec.InitContainers}, {before.Spec.Containers, after.Spec.Containers}} {
+		for i := range list[1] {
+			var b corev1.Container
+			if j := i; len(list[1]) > len(list[0]) && list[1][0].Name == AmbassadorContainerName && (len(list[0]) == 0 || list[0][0].Name != AmbassadorContainerName) {
+				if i == 0 {
+					continue // the ambassador, inserted first: all new
+				}
+				b = list[0][j-1]
+			} else if i < len(list[0]) {
+				b = list[0][i]
+			}
+			a := list[1][i]
+			what := "container " + a.Name + ": "
+			check(what+"env", names(len(b.Env), func(i int) string { return b.Env[i].Name }), names(len(a.Env), func(i int) string { return a.Env[i].Name }))
+			check(what+"mount", names(len(b.VolumeMounts), func(i int) string { return b.VolumeMounts[i].Name }),
+				names(len(a.VolumeMounts), func(i int) string { return a.VolumeMounts[i].Name }))
+			check(what+"mount path", names(len(b.VolumeMounts), func(i int) string { return b.VolumeMounts[i].MountPath }),
+				names(len(a.VolumeMounts), func(i int) string { return a.VolumeMounts[i].MountPath }))
+		}
+	}
 }
 
 func mustJSON(t testing.TB, v any) string {

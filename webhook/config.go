@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Config is the operator's side of podmeta: the defaults every pod starts from before
@@ -56,6 +55,10 @@ type Config struct {
 
 	// ExcludedNamespaces are never mutated, whatever their labels say.
 	ExcludedNamespaces []string
+
+	// MaxPatchBytes bounds the JSON patch of one pod (0: DefaultMaxPatchBytes): a pod
+	// whose patch would be larger is denied, by the webhook and by inject alike.
+	MaxPatchBytes int
 }
 
 // DefaultConfig returns the defaults the README documents and the chart repeats.
@@ -74,6 +77,7 @@ func DefaultConfig() Config {
 		AmbassadorResources:       "requests.cpu=5m,requests.memory=16Mi,requests.ephemeral-storage=1Mi,limits.memory=48Mi,limits.ephemeral-storage=16Mi",
 		NativeSidecar:             NativeSidecarAuto,
 		ExcludedNamespaces:        slices.Clone(DefaultExcludedNamespaces),
+		MaxPatchBytes:             DefaultMaxPatchBytes,
 	}
 }
 
@@ -97,6 +101,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.AmbassadorAllowPrivilegedPaths, "ambassador-allow-privileged-paths", c.AmbassadorAllowPrivilegedPaths, "let every ambassador forward nodes/proxy, pods/ephemeralcontainers, serviceaccounts/token, pods/proxy and services/proxy (refused by default: they run code or mint credentials)")
 	fs.StringVar(&c.AmbassadorResources, "ambassador-resources", c.AmbassadorResources, "ambassador requests and limits as requests.RES=QTY,limits.RES=QTY,…")
 	fs.StringVar(&c.NativeSidecar, "native-sidecar", c.NativeSidecar, "run the ambassador as a native sidecar: auto (when the apiserver is >= 1.29), always or never")
+	fs.IntVar(&c.MaxPatchBytes, "max-patch-bytes", c.MaxPatchBytes, "deny a pod whose JSON patch would be larger (the default keeps the stored pod under etcd's 1.5 MiB request limit)")
 	fs.Func("excluded-namespaces", "comma list of namespaces never mutated (default "+strings.Join(c.ExcludedNamespaces, ",")+")", func(s string) error {
 		c.ExcludedNamespaces = splitList(s)
 		return nil
@@ -137,6 +142,9 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--native-sidecar %q: valid values are auto, always, never", c.NativeSidecar))
 	}
+	if c.MaxPatchBytes < 0 {
+		errs = append(errs, fmt.Errorf("--max-patch-bytes=%d: must be positive (0: %d)", c.MaxPatchBytes, DefaultMaxPatchBytes))
+	}
 	return errors.Join(errs...)
 }
 
@@ -149,7 +157,7 @@ func parseResources(s string) (corev1.ResourceRequirements, error) {
 		if !ok || !ok2 || (kind != "requests" && kind != "limits") {
 			return r, fmt.Errorf("%q: want requests.RESOURCE=QUANTITY or limits.RESOURCE=QUANTITY", item)
 		}
-		q, err := resource.ParseQuantity(strings.TrimSpace(v))
+		q, err := parseBoundedQuantity(strings.TrimSpace(v)) // bounds.go: before any arithmetic
 		if err != nil {
 			return r, fmt.Errorf("%q: %w", item, err)
 		}

@@ -33,6 +33,7 @@ func TestEveryFlagReachesTheEngine(t *testing.T) {
 		"ambassador-allow-privileged-paths": "true",
 		"native-sidecar":                    NativeSidecarNever,
 		"excluded-namespaces":               "probe",
+		"max-patch-bytes":                   "2048",
 	}
 	// observe is everything a Config decides: the starting Settings, and the patch (or
 	// skip) of a pod that asks for the ambassador, in namespace "probe".
@@ -54,6 +55,9 @@ func TestEveryFlagReachesTheEngine(t *testing.T) {
 		}
 		pod := `{"metadata":{"name":"p","annotations":{"` + AnnotationAmbassador + `":"true"}},"spec":{"initContainers":[{"name":"i"}],"containers":[{"name":"c"}]}}`
 		plan, err := in.PlanPod([]byte(pod), "probe", nil)
+		if IsDenied(err) { // a bound (--max-patch-bytes) denies the probe: that is seen
+			return "denied: " + err.Error()
+		}
 		if err != nil {
 			t.Fatalf("%q: %v", args, err)
 		}

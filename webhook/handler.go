@@ -448,7 +448,7 @@ func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Lo
 	if h.Namespaces != nil {
 		nsAnn = h.Namespaces(r.Context(), req.Namespace)
 	}
-	plan, err := h.Injector.plan(pod, req.Namespace, nsAnn)
+	plan, err := h.Injector.plan(pod, req.Namespace, nsAnn, true)
 	if err != nil {
 		// plan only fails with a DenyError: the pod decoded already.
 		log.Info("denied", "reason", err.Error())

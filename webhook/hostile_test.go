@@ -20,7 +20,8 @@ import (
 
 // FuzzHandler sends arbitrary bodies to the HTTP handler: whatever the bytes, the answer
 // is a well-formed HTTP response, never a panic and never a 5xx (garbage is the
-// client's fault: 4xx), and a 200 always carries a review with the request's uid.
+// client's fault: 4xx), and a 200 always carries a review with the request's uid and an
+// answer of bounded size.
 func FuzzHandler(f *testing.F) {
 	for _, name := range []string{"typical", "initsidecar"} {
 		f.Add(recorded(f, name, nil))
@@ -38,6 +39,13 @@ func FuzzHandler(f *testing.F) {
 		case w.Code >= 500:
 			t.Fatalf("HTTP %d for client input: %s", w.Code, w.Body)
 		case w.Code == 200:
+			// The answer is bounded twice: by the patch bound (base64 of at most
+			// DefaultMaxPatchBytes) plus capped warnings and a denial's text, and by a
+			// fixed multiple of the request (one byte of pod makes at most ~150 bytes of
+			// patch: a 12-byte container gets 9 env vars, a mount and its volume items).
+			if n, abs, rel := w.Body.Len(), DefaultMaxPatchBytes*4/3+16<<10, 200*len(body)+16<<10; n > abs || n > rel {
+				t.Fatalf("answer of %d bytes to a request of %d: bounds %d and %d", n, len(body), abs, rel)
+			}
 			var rr reviewResponse
 			if err := json.Unmarshal(w.Body.Bytes(), &rr); err != nil || rr.Response.UID == "" {
 				t.Fatalf("200 without a well-formed review (%v): %s", err, w.Body)

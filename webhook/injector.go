@@ -43,6 +43,7 @@ func NewInjector(cfg Config, nativeSidecars bool) (*Injector, error) {
 	if newValueEncoder != nil {
 		in.encoder = newValueEncoder(in.envVars, in.ambassador)
 	}
+	in.encoder = &patchBound{fast: in.encoder, limit: cfg.maxPatchBytes()} // bounds.go
 	return in, nil
 }
 
@@ -104,13 +105,15 @@ func (in *Injector) PlanPod(raw []byte, namespace string, nsAnnotations map[stri
 	if namespace == "" {
 		namespace = pod.Metadata.Namespace
 	}
-	return in.plan(pod, namespace, nsAnnotations)
+	return in.plan(pod, namespace, nsAnnotations, false)
 }
 
 // plan resolves the pod's Settings (the operator's defaults, then the namespace's
 // annotations, then the pod's) and plans the additions. The handler calls it with the
-// pod it decoded from the review.
-func (in *Injector) plan(pod *podView, namespace string, nsAnnotations map[string]string) (*Plan, error) {
+// pod it decoded from the review, with admitted true: the apiserver's built-in
+// admission, the ServiceAccount plugin among it, has already run on the pod, so what
+// that plugin did or did not add is known (offline, PlanPod, it is not).
+func (in *Injector) plan(pod *podView, namespace string, nsAnnotations map[string]string, admitted bool) (*Plan, error) {
 	p := &Plan{encoder: in.encoder}
 	switch {
 	case in.excludedNS[namespace]:
@@ -135,9 +138,13 @@ func (in *Injector) plan(pod *podView, namespace string, nsAnnotations map[strin
 		p.Conflicts = map[string]int{FeatureConfig: n}
 	}
 
-	pl := planner{in: in, settings: &s, pod: pod, plan: p, hasVolumes: pod.Spec.Volumes != nil}
+	pl := planner{in: in, settings: &s, pod: pod, plan: p, hasVolumes: pod.Spec.Volumes != nil, admitted: admitted}
 	if err := pl.build(); err != nil {
 		return nil, &DenyError{err}
+	}
+	// bounds.go: at most MaxWarnings warnings, and a patch of at most MaxPatchBytes.
+	if err := in.bound(p, pod, namespace); err != nil {
+		return nil, err
 	}
 	return p, nil
 }

@@ -85,6 +85,7 @@ type planner struct {
 	settings *Settings // what the pod asked for
 	pod      *podView
 	plan     *Plan
+	admitted bool // the apiserver's built-in admission has run (the webhook); false offline
 
 	ambassador bool // the ambassador is (or will be) in the pod
 	hasVolumes bool // spec.volumes exists, in the pod or through an earlier addition

@@ -3,6 +3,7 @@ package webhook
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -21,6 +22,13 @@ func (pl *planner) checkAmbassador() error {
 		return nil
 	case pod.Spec.AutomountServiceAccountToken != nil && !*pod.Spec.AutomountServiceAccountToken:
 		pl.warn(FeatureAmbassador, "ambassador not added: the pod sets automountServiceAccountToken: false, so it must not get API credentials")
+		return nil
+	case pl.admitted && !slices.ContainsFunc(pod.Spec.Volumes, isServiceAccountTokenVolume):
+		// The ServiceAccount admission plugin honours the ServiceAccount's
+		// automountServiceAccountToken: false by adding no token volume, without setting
+		// the pod's field; this is the only trace of an administrator's opt-out that
+		// reaches a webhook. (Offline, podmeta inject cannot know and adds the sidecar.)
+		pl.warn(FeatureAmbassador, "ambassador not added: the pod has no service-account token volume (%s*), so its ServiceAccount sets automountServiceAccountToken: false and the pod must not get API credentials", serviceAccountTokenVolumePrefix)
 		return nil
 	case pod.Spec.OS != nil && pod.Spec.OS.Name == string(corev1.Windows):
 		pl.warn(FeatureAmbassador, "ambassador not added: it runs on Linux only and this is a Windows pod")
@@ -74,4 +82,12 @@ func (pl *planner) planAmbassador() {
 		pl.emit(sidecarAddition{container: c, hadList: pod.Spec.Containers != nil})
 		pl.plan.Status.Ambassador = "container"
 	}
+}
+
+// serviceAccountTokenVolumePrefix starts the name of the token volume the ServiceAccount
+// admission plugin adds (kube-api-access-<random>) unless automounting is off.
+const serviceAccountTokenVolumePrefix = "kube-api-access-"
+
+func isServiceAccountTokenVolume(v volumeView) bool {
+	return strings.HasPrefix(v.Name, serviceAccountTokenVolumePrefix) && v.Projected != nil
 }

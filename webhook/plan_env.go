@@ -32,10 +32,13 @@ func (pl *planner) planEnv(t containerRef) {
 	if t.init && !pl.in.native {
 		want = pl.env // init containers run before a non-native ambassador starts
 	}
-	missing := make([]corev1.EnvVar, 0, len(want))
-	for _, w := range want {
+	// O(len(want) × len(t.c.Env)): want has at most 16 vars, so linear in the pod.
+	var missing []corev1.EnvVar
+	for j, w := range want {
 		i := slices.IndexFunc(t.c.Env, func(e envView) bool { return e.Name == w.Name })
 		switch {
+		case i < 0 && len(missing) == j:
+			missing = want[: j+1 : j+1] // all missing so far: share want (read only), copy nothing
 		case i < 0:
 			missing = append(missing, w)
 		case sameEnv(t.c.Env[i], w):
@@ -51,9 +54,12 @@ func (pl *planner) planEnv(t containerRef) {
 	if pl.plan.Status.Env == nil {
 		pl.plan.Status.Env = map[string][]string{}
 	}
+	names := make([]string, 0, len(pl.plan.Status.Env[t.c.Name])+len(missing))
+	names = append(names, pl.plan.Status.Env[t.c.Name]...)
 	for _, v := range missing {
-		pl.plan.Status.Env[t.c.Name] = append(pl.plan.Status.Env[t.c.Name], v.Name)
+		names = append(names, v.Name)
 	}
+	pl.plan.Status.Env[t.c.Name] = names
 }
 
 // sameEnv reports whether the pod's var is exactly what podmeta would add, so a second
@@ -77,7 +83,9 @@ func sameEnv(have envView, want corev1.EnvVar) bool {
 	}
 }
 
-// sameDivisor compares divisors, where zero means 1 as in the kubelet.
+// sameDivisor compares the pod's divisor a with podmeta's b, where zero means 1 as in
+// the kubelet. a is the pod's: compared through cmpPodQuantity, which a huge one cannot
+// make costly.
 func sameDivisor(a, b resource.Quantity) bool {
 	if a.IsZero() {
 		a = divisorOne
@@ -85,5 +93,5 @@ func sameDivisor(a, b resource.Quantity) bool {
 	if b.IsZero() {
 		b = divisorOne
 	}
-	return a.Cmp(b) == 0
+	return cmpPodQuantity(&a, b) == 0
 }

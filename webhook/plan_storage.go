@@ -24,15 +24,17 @@ func (pl *planner) planStorage() {
 		a := storageAddition{ref: t}
 		if req := pl.settings.StorageRequest; req != nil && haveReq == nil {
 			q := req.DeepCopy()
-			if haveLim != nil && haveLim.Cmp(q) < 0 {
+			// The pod's own quantities are compared through cmpPodQuantity (bounds.go): one
+			// of "1e2147483647" would cost a number of 2×10⁹ digits to compare.
+			if haveLim != nil && cmpPodQuantity(haveLim, q) < 0 {
 				q = haveLim.DeepCopy()
 				pl.note("%s %q: ephemeral-storage request lowered to its limit %s", t.kind(), t.c.Name, q.String())
 			}
 			a.request = &q
 		}
 		if lim := pl.settings.StorageLimit; lim != nil && haveLim == nil {
-			if haveReq != nil && haveReq.Cmp(*lim) > 0 {
-				pl.warn(FeatureStorage, "%s %q requests ephemeral-storage %s, above the default limit %s; set no limit", t.kind(), t.c.Name, haveReq.String(), lim.String())
+			if haveReq != nil && cmpPodQuantity(haveReq, *lim) > 0 {
+				pl.warn(FeatureStorage, "%s %q requests ephemeral-storage %s, above the default limit %s; set no limit", t.kind(), t.c.Name, podQuantityString(haveReq), lim.String())
 			} else {
 				q := lim.DeepCopy()
 				a.limit = &q

@@ -28,9 +28,15 @@ func (pl *planner) planVolume(targets []containerRef) bool {
 		pl.warn(FeatureVolume, "volume %q exists and is not a downwardAPI volume; kept it and did not add the metadata volume", VolumeName)
 		return false
 	}
+	// The paths the volume has, in a set built once: both lists are the pod's to make
+	// long (80,000 items and 4,000 containers), and a scan per item would multiply them.
+	have := make(map[string]struct{}, len(dapi.Items))
+	for i := range dapi.Items {
+		have[dapi.Items[i].Path] = struct{}{}
+	}
 	var missing []corev1.DownwardAPIVolumeFile
 	for _, item := range want.volume().DownwardAPI.Items {
-		if !slices.ContainsFunc(dapi.Items, func(h corev1.DownwardAPIVolumeFile) bool { return h.Path == item.Path }) {
+		if _, ok := have[item.Path]; !ok {
 			missing = append(missing, item)
 		}
 	}

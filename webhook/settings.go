@@ -75,30 +75,40 @@ type annotationSetting struct {
 	// fromConfig is the operator's default as annotation text; nil when the annotation
 	// has no flag (podmeta.io/containers names a pod's own containers).
 	fromConfig func(c *Config) string
+	// list, for a comma list, is how many items it may have (repeats counted) and
+	// whether items compare regardless of case; overlay bounds and deduplicates it before
+	// parse sees it.
+	list *listBound
+}
+
+// listBound is how a list annotation is bounded and deduplicated.
+type listBound struct {
+	maxItems   int
+	foldedCase bool // items repeat regardless of case (env keys), or only exactly
 }
 
 var annotationSettings = map[string]annotationSetting{
 	AnnotationInject: {
 		func(s *Settings, v string) string { return parseBool(&s.Inject, v) },
-		func(c *Config) string { return strconv.FormatBool(c.Inject) }},
-	AnnotationEnv:        {parseEnv, func(c *Config) string { return c.Env }},
-	AnnotationEnvPrefix:  {parseEnvPrefix, func(c *Config) string { return c.EnvPrefix }},
-	AnnotationContainers: {parseContainers, nil},
+		func(c *Config) string { return strconv.FormatBool(c.Inject) }, nil},
+	AnnotationEnv:        {parseEnv, func(c *Config) string { return c.Env }, &listBound{MaxEnvListItems, true}},
+	AnnotationEnvPrefix:  {parseEnvPrefix, func(c *Config) string { return c.EnvPrefix }, nil},
+	AnnotationContainers: {parseContainers, nil, &listBound{MaxContainersListItems, false}},
 	AnnotationVolume: {
 		func(s *Settings, v string) string { return parseBool(&s.Volume, v) },
-		func(c *Config) string { return strconv.FormatBool(c.Volume) }},
-	AnnotationVolumePath: {parseVolumePath, func(c *Config) string { return c.VolumePath }},
+		func(c *Config) string { return strconv.FormatBool(c.Volume) }, nil},
+	AnnotationVolumePath: {parseVolumePath, func(c *Config) string { return c.VolumePath }, nil},
 	AnnotationEphemeralStorageRequest: {
 		func(s *Settings, v string) string { return parseStorage(&s.StorageRequest, v) },
-		func(c *Config) string { return c.EphemeralStorageRequest }},
+		func(c *Config) string { return c.EphemeralStorageRequest }, nil},
 	AnnotationEphemeralStorageLimit: {
 		func(s *Settings, v string) string { return parseStorage(&s.StorageLimit, v) },
-		func(c *Config) string { return c.EphemeralStorageLimit }},
+		func(c *Config) string { return c.EphemeralStorageLimit }, nil},
 	AnnotationAmbassador: {
 		func(s *Settings, v string) string { return parseBool(&s.Ambassador, v) },
-		func(c *Config) string { return strconv.FormatBool(c.Ambassador) }},
-	AnnotationAmbassadorMode: {parseMode, func(c *Config) string { return c.AmbassadorMode }},
-	AnnotationAmbassadorPort: {parsePort, func(c *Config) string { return strconv.Itoa(c.AmbassadorPort) }},
+		func(c *Config) string { return strconv.FormatBool(c.Ambassador) }, nil},
+	AnnotationAmbassadorMode: {parseMode, func(c *Config) string { return c.AmbassadorMode }, nil},
+	AnnotationAmbassadorPort: {parsePort, func(c *Config) string { return strconv.Itoa(c.AmbassadorPort) }, nil},
 }
 
 // knownAnnotations lists every key annotationSettings understands, for "unknown
@@ -132,9 +142,11 @@ func (c *Config) settings() (Settings, error) {
 
 // overlay layers one source's podmeta annotations over s. It returns warnings for podmeta
 // keys it does not know (a typo should be loud, but a key from a newer podmeta must not
-// break pods) and an error for every invalid value.
+// break pods: one warning per source, however many keys) and for repeated list items,
+// and an error for every invalid value, or value over its bound (bounds.go).
 func (s *Settings) overlay(source string, annotations map[string]string) (warnings []string, err error) {
 	var errs []error
+	var unknown []string
 	for k, v := range annotations {
 		if !strings.HasPrefix(k, Prefix) {
 			continue
@@ -142,20 +154,76 @@ func (s *Settings) overlay(source string, annotations map[string]string) (warnin
 		setting, ok := annotationSettings[k]
 		if !ok {
 			if k != AnnotationStatus {
-				warnings = append(warnings, fmt.Sprintf("podmeta: unknown %s annotation %s ignored; known keys: %s", source, k, knownAnnotations))
+				unknown = append(unknown, k)
 			}
 			continue
 		}
-		if reason := setting.parse(s, v); reason != "" {
+		invalid := func(reason string) {
 			errs = append(errs, &AnnotationError{Source: source, Key: k, Value: v, Reason: reason})
+		}
+		if len(v) > MaxAnnotationValueBytes {
+			invalid(fmt.Sprintf("%d bytes, above the %d podmeta accepts", len(v), MaxAnnotationValueBytes))
+			continue
+		}
+		parsed := v
+		if setting.list != nil {
+			var repeats []string
+			var reason string
+			if parsed, repeats, reason = setting.list.dedupe(v); reason != "" {
+				invalid(reason)
+				continue
+			}
+			if len(repeats) > 0 {
+				warnings = append(warnings, fmt.Sprintf("podmeta: %s annotation %s lists %s more than once; used each once", source, k, nameSome(repeats)))
+			}
+		}
+		if reason := setting.parse(s, parsed); reason != "" {
+			invalid(reason)
 		}
 	}
 	if len(errs) > 1 {
 		// Map order is random; a stable message is easier to read and to test.
 		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 	}
+	switch slices.Sort(unknown); len(unknown) {
+	case 0:
+	case 1:
+		warnings = append(warnings, fmt.Sprintf("podmeta: unknown %s annotation %s ignored; known keys: %s", source, clip(unknown[0]), knownAnnotations))
+	default:
+		warnings = append(warnings, fmt.Sprintf("podmeta: unknown %s annotations %s ignored; known keys: %s", source, nameSome(unknown), knownAnnotations))
+	}
 	slices.Sort(warnings)
 	return warnings, errors.Join(errs...)
+}
+
+// dedupe bounds a list annotation's items and drops repeated ones: it returns the value
+// to parse (v itself when nothing repeats), the repeated items, or why v is invalid.
+func (b *listBound) dedupe(v string) (parsed string, repeats []string, reason string) {
+	items := splitList(v)
+	if len(items) > b.maxItems {
+		return "", nil, fmt.Sprintf("%d items, above the %d podmeta accepts", len(items), b.maxItems)
+	}
+	if len(items) < 2 {
+		return v, nil, ""
+	}
+	seen := make(map[string]int, len(items)) // times seen, by the item's key
+	unique := items[:0:0]
+	for _, it := range items {
+		key := it
+		if b.foldedCase {
+			key = strings.ToLower(it)
+		}
+		switch seen[key]++; seen[key] {
+		case 1:
+			unique = append(unique, it)
+		case 2:
+			repeats = append(repeats, it)
+		}
+	}
+	if repeats == nil {
+		return v, nil, ""
+	}
+	return strings.Join(unique, ","), repeats, ""
 }
 
 // check validates what only makes sense across keys.
@@ -248,7 +316,17 @@ func parseStorage(dst **resource.Quantity, v string) string {
 		*dst = nil
 		return ""
 	}
-	q, err := resource.ParseQuantity(strings.TrimSpace(v))
+	const want = "want a positive quantity such as 64Mi or 1Gi, or none"
+	v = strings.TrimSpace(v)
+	switch reason := checkQuantityText(v); {
+	case strings.HasPrefix(v, "-"): // negative, whatever its size: not worth parsing
+		return "must be a positive quantity such as 64Mi or 1Gi, or none"
+	case reason == reasonQuantitySyntax:
+		return "must be a positive quantity such as 64Mi or 1Gi, or none"
+	case reason != "": // out of bounds: decided on the text, before any arithmetic
+		return reason + "; " + want
+	}
+	q, err := resource.ParseQuantity(v)
 	if err != nil || q.Sign() <= 0 {
 		return "must be a positive quantity such as 64Mi or 1Gi, or none"
 	}
