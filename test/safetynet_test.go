@@ -111,8 +111,36 @@ func TestSafetyNet(t *testing.T) {
 		t.Errorf("pod in a namespace that opts out rejected by the safety net: %v", err)
 	}
 
+	// Finding 8: a record written by the pod author to get past the check is compared
+	// with the spec. One that claims what the pod lacks is caught; one that claims
+	// nothing passes, which equals opting out (documented in docs/security.md).
+	const forgedMessage = "podmeta did not write them for this pod"
+	for name, ann := range map[string]map[string]string{
+		"forged-ambassador": {webhook.AnnotationStatus: `{"ambassador":"native-sidecar"}`},
+		"forged-volume":     {webhook.AnnotationStatus: `{"volume":"/etc/podinfo"}`, webhook.AnnotationInjected: ""},
+		"forged-injected":   {webhook.AnnotationStatus: `{"env":{"app":["POD_NAME"]}}`, webhook.AnnotationInjected: "app"},
+	} {
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, pod(name, ann), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), forgedMessage) {
+			t.Errorf("%s %v: admitted or denied for another reason: %v", name, ann, err)
+		}
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod("forged-nothing", map[string]string{webhook.AnnotationStatus: `{}`}), metav1.CreateOptions{}); err != nil {
+		t.Errorf("a record claiming nothing (the documented residual, like opting out): %v", err)
+	}
+
 	restart()
 	rec.take()
+	// With podmeta up, a forged record is rewritten to describe the pod, which then
+	// passes the net.
+	forged, err := cs.CoreV1().Pods(ns).Create(ctx, pod("forged-up", map[string]string{
+		webhook.AnnotationStatus: `{"ambassador":"native-sidecar","env":{"ghost":["POD_NAME"]}}`, webhook.AnnotationInjected: "ghost"}), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("forged record with podmeta up: %v", err)
+	}
+	if st, inj := forged.Annotations[webhook.AnnotationStatus], forged.Annotations[webhook.AnnotationInjected]; strings.Contains(st, "ambassador") || strings.Contains(st, "ghost") || inj != "app" {
+		t.Errorf("forged record kept: status %s, injected %q", st, inj)
+	}
 	got, err := cs.CoreV1().Pods(ns).Create(ctx, pod("up", nil), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("pod rejected with podmeta up: %v", err)

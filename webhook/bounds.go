@@ -257,17 +257,20 @@ func capWarnings(ws []string) []string {
 	return ws
 }
 
-// clipWarning cuts a warning to MaxWarningItemBytes on a rune boundary.
-func clipWarning(w string) string {
-	if len(w) <= MaxWarningItemBytes {
-		return w
+// clipWarning cuts a warning to MaxWarningItemBytes.
+func clipWarning(w string) string { return clipAt(w, MaxWarningItemBytes) }
+
+// clipAt cuts s to at most n bytes on a rune boundary, marking the cut.
+func clipAt(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
 	const mark = "…(clipped)"
-	cut := MaxWarningItemBytes - len(mark)
-	for cut > 0 && !utf8.RuneStart(w[cut]) {
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
-	return w[:cut] + mark
+	return s[:cut] + mark
 }
 
 // nameSome lists up to maxNamedItems items, each clipped, and how many more there are.

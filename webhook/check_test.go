@@ -45,7 +45,7 @@ func testInjector(t testing.TB, args ...string) *Injector {
 //   - the patch applies to the input with evanphx/json-patch (as the apiserver does) and
 //     gives exactly the Pod the typed rendering gives;
 //   - planning the output again adds nothing (idempotence);
-//   - nothing the pod had is changed or lost (only podmeta's own status may be updated).
+//   - nothing the pod had is changed or lost (only podmeta's own status and injected annotations may be updated).
 func checkPlan(t testing.TB, in *Injector, raw []byte, namespace string, nsAnn map[string]string, plan *Plan) []byte {
 	t.Helper()
 	ops := plan.Patch()
@@ -198,7 +198,7 @@ func subsetPath(a, b any, path string) string {
 			return path
 		}
 		for k, x := range av {
-			if path == "/metadata/annotations" && k == AnnotationStatus {
+			if path == "/metadata/annotations" && (k == AnnotationStatus || k == AnnotationInjected) {
 				continue // podmeta's own record, which it keeps current
 			}
 			y, ok := bv[k]

@@ -36,6 +36,9 @@ const (
 	AnnotationAmbassadorPort = Prefix + "ambassador-port"
 	// AnnotationStatus is written by podmeta: JSON describing what was injected.
 	AnnotationStatus = Prefix + "status"
+	// AnnotationInjected is written by podmeta with AnnotationStatus: the containers that
+	// got env vars or the metadata mount, as a comma list CEL can split (status.go).
+	AnnotationInjected = Prefix + "injected"
 
 	// AnnotationMirrorPod marks static (mirror) pods, which are never mutated.
 	AnnotationMirrorPod = "kubernetes.io/config.mirror"

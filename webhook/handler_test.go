@@ -212,10 +212,10 @@ func TestHandlerNamespaceDefaults(t *testing.T) {
 		return map[string]string{AnnotationEnv: "none", AnnotationVolume: "false", AnnotationEphemeralStorageRequest: "none"}
 	}
 	s := serve(t, h, "application/json", recorded(t, "typical", nil))
-	// Nothing but the status annotation is left to add.
+	// Nothing but the status record (and its list of containers) is left to add.
 	patch := s.review.Response.Patch
-	if n := strings.Count(string(patch), `"op"`); n != 1 || !strings.Contains(string(patch), "podmeta.io~1status") {
-		t.Errorf("patch %s: want only the status annotation", patch)
+	if n := strings.Count(string(patch), `"op"`); n != 2 || !strings.Contains(string(patch), "podmeta.io~1status") || !strings.Contains(string(patch), "podmeta.io~1injected") {
+		t.Errorf("patch %s: want only the status annotations", patch)
 	}
 }
 

@@ -1,7 +1,6 @@
 package webhook
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -30,53 +29,6 @@ type Plan struct {
 
 // Empty reports whether the plan changes nothing.
 func (p *Plan) Empty() bool { return len(p.additions) == 0 }
-
-// Status is the JSON value of the podmeta.io/status annotation.
-type Status struct {
-	// Env lists, per container, the env vars podmeta added.
-	Env map[string][]string `json:"env,omitempty"`
-	// Volume is the metadata volume's mount path, when podmeta added or completed it.
-	Volume string `json:"volume,omitempty"`
-	// Mounts lists the containers that got the metadata volume mounted.
-	Mounts []string `json:"mounts,omitempty"`
-	// EphemeralStorage lists, per container, the defaults podmeta set ("request", "limit").
-	EphemeralStorage map[string]map[string]string `json:"ephemeralStorage,omitempty"`
-	// Ambassador is "native-sidecar" or "container" when podmeta added the ambassador.
-	Ambassador string `json:"ambassador,omitempty"`
-}
-
-// merge adds what a previous invocation recorded, so that a reinvocation that adds to a
-// new container keeps the full record. It is only a record: what to add is always
-// decided from the spec.
-func (s *Status) merge(prev Status) {
-	for c, names := range prev.Env {
-		if s.Env == nil {
-			s.Env = map[string][]string{}
-		}
-		s.Env[c] = append(names, s.Env[c]...)
-	}
-	for c, kv := range prev.EphemeralStorage {
-		if s.EphemeralStorage == nil {
-			s.EphemeralStorage = map[string]map[string]string{}
-		}
-		if s.EphemeralStorage[c] == nil {
-			s.EphemeralStorage[c] = kv
-		}
-	}
-	s.Mounts = append(prev.Mounts, s.Mounts...)
-	if s.Volume == "" {
-		s.Volume = prev.Volume
-	}
-	if s.Ambassador == "" {
-		s.Ambassador = prev.Ambassador
-	}
-}
-
-// String renders a plan's status for logs and explain.
-func (s Status) String() string {
-	b, _ := json.Marshal(s)
-	return string(b)
-}
 
 // planner decides one pod's additions from its Settings, step by step (planEnv,
 // planVolume, …), each step reading the pod and appending to the plan.
@@ -176,21 +128,4 @@ func (pl *planner) emit(a addition) { pl.plan.additions = append(pl.plan.additio
 func (pl *planner) emitVolume(v podVolume) {
 	pl.emit(volumeAddition{vol: v, hadVolumes: pl.hasVolumes})
 	pl.hasVolumes = true
-}
-
-// planStatus records what was injected. The annotation is written when anything was
-// added, or when the pod has none yet (so a pod podmeta saw is always marked, which the
-// safety-net policy relies on); a pass that adds nothing to a marked pod adds nothing.
-func (pl *planner) planStatus() {
-	prev, had := pl.pod.Metadata.Annotations[AnnotationStatus]
-	if had && pl.plan.Empty() {
-		return
-	}
-	st := pl.plan.Status
-	var old Status
-	if had && json.Unmarshal([]byte(prev), &old) == nil {
-		st.merge(old)
-	}
-	value, _ := json.Marshal(st) // a struct of strings cannot fail to marshal
-	pl.emit(annotationAddition{key: AnnotationStatus, value: string(value), hadAnnotations: pl.pod.Metadata.Annotations != nil})
 }

@@ -153,7 +153,7 @@ func (s *Settings) overlay(source string, annotations map[string]string) (warnin
 		}
 		setting, ok := annotationSettings[k]
 		if !ok {
-			if k != AnnotationStatus {
+			if k != AnnotationStatus && k != AnnotationInjected {
 				unknown = append(unknown, k)
 			}
 			continue
