@@ -179,6 +179,8 @@ func TestChartSchemaRejectsBadValues(t *testing.T) {
 		{[]string{"updateStrategy.rollingUpdate.maxUnavailable=1"}, `at '/updateStrategy/rollingUpdate/maxUnavailable': value must be one of 0, '0%'`},
 		{[]string{"ambassador.nativeSidecar=yes"}, `at '/ambassador/nativeSidecar': value must be one of 'auto', 'always', 'never'`},
 		{[]string{"ambassador.resources.requests.gpu=1"}, `at '/ambassador/resources/requests'`},
+		{[]string{"ambassador.allowPrivilegedPaths=yes"}, `at '/ambassador/allowPrivilegedPaths': got string, want boolean`},
+		{[]string{"webhook.maxPatchBytes=0"}, `at '/webhook/maxPatchBytes': minimum: got 0, want 1`},
 		{[]string{"image.digest=latest"}, `at '/image/digest'`},
 		{[]string{"logLevel=trace"}, `at '/logLevel'`},
 		{[]string{"replicaCount=0"}, `at '/replicaCount': minimum: got 0, want 1`},
