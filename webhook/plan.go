@@ -39,6 +39,11 @@ type planner struct {
 	plan     *Plan
 	admitted bool // the apiserver's built-in admission has run (the webhook); false offline
 
+	// minBytes is the plan's minPatchBytes so far; over, that it passed the patch bound:
+	// planning then stops, so its work is bounded by the bound, not by the pod.
+	minBytes int
+	over     bool
+
 	ambassador bool // the ambassador is (or will be) in the pod
 	hasVolumes bool // spec.volumes exists, in the pod or through an earlier addition
 	// env is what every target gets; envWithURL adds PODMETA_API_URL for containers that
@@ -61,12 +66,17 @@ func (pl *planner) build() error {
 	targets := pl.targets()
 	volumeOurs := pl.planVolume(targets)
 	for _, t := range targets {
+		if pl.over {
+			return nil // Injector.bound denies the plan: its additions pass the bound
+		}
 		pl.planEnv(t)
 		if volumeOurs {
 			pl.planMount(t)
 		}
 	}
-	pl.planStorage()
+	if pl.planStorage(); pl.over {
+		return nil
+	}
 	pl.planAmbassador()
 	pl.planStatus()
 	return nil
@@ -121,7 +131,11 @@ func (pl *planner) note(format string, args ...any) {
 	pl.plan.Notes = append(pl.plan.Notes, fmt.Sprintf(format, args...))
 }
 
-func (pl *planner) emit(a addition) { pl.plan.additions = append(pl.plan.additions, a) }
+func (pl *planner) emit(a addition) {
+	pl.plan.additions = append(pl.plan.additions, a)
+	pl.minBytes += a.minPatchBytes()
+	pl.over = pl.minBytes > pl.in.encoder.(*patchBound).limit
+}
 
 // emitVolume adds a pod volume; the first one added to a pod without spec.volumes
 // creates the list.

@@ -12,6 +12,9 @@ func (pl *planner) planStorage() {
 		return
 	}
 	for _, t := range pl.allContainers() {
+		if pl.over {
+			return
+		}
 		var haveReq, haveLim *resource.Quantity
 		if r := t.c.Resources; r != nil {
 			if r.Requests != nil {
