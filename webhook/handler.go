@@ -69,6 +69,15 @@ type Handler struct {
 	BodyBudget int64
 	// Reads counts requests refused while their body was read (nil: not counted).
 	Reads *ReadMetrics
+	// LargeBodyBytes and LargeBodyRate: bodies over LargeBodyBytes (0:
+	// DefaultLargeBodyBytes) are decided one at a time, LargeBodyRate bytes a second in
+	// all (0: DefaultLargeBodyRate); see largebody.go. A body that large must announce
+	// its Content-Length, as the apiserver's do.
+	LargeBodyBytes int64
+	LargeBodyRate  int64
+
+	largeOnce sync.Once
+	large     *largeLane
 
 	slotsOnce sync.Once
 	slots     chan struct{}
@@ -79,7 +88,8 @@ type Handler struct {
 // ReadMetrics count what the body reading refuses.
 type ReadMetrics struct {
 	// Refused counts requests refused before a decision, by reason: timeout (body not
-	// sent within --body-read-timeout) or budget (--body-budget-bytes were buffered).
+	// sent within --body-read-timeout), budget (--body-budget-bytes were buffered) or large
+	// (no turn for a body over --large-body-bytes: largebody.go).
 	Refused *prometheus.CounterVec
 }
 
@@ -94,10 +104,11 @@ const (
 func NewReadMetrics(reg prometheus.Registerer) *ReadMetrics {
 	m := &ReadMetrics{Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "podmeta_body_refused_total",
-		Help: "Admission requests refused while their body was read, by reason: timeout (not sent within --body-read-timeout, HTTP 408) or budget (--body-budget-bytes already buffered, HTTP 429). Also counted as result=error.",
+		Help: "Admission requests refused while their body was read, by reason: timeout (not sent within --body-read-timeout, HTTP 408), budget (--body-budget-bytes already buffered, HTTP 429) or large (a body over --large-body-bytes found no turn within 2 s at --large-body-rate, HTTP 429). Also counted as result=error.",
 	}, []string{"reason"})}
 	m.Refused.WithLabelValues(RefusedTimeout)
 	m.Refused.WithLabelValues(RefusedBudget)
+	m.Refused.WithLabelValues(RefusedLarge)
 	if reg != nil {
 		reg.MustRegister(m.Refused)
 	}
@@ -198,6 +209,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	// A large body waits for its turn before it is read (largebody.go).
+	if r.ContentLength > h.largeBodyBytes() && r.ContentLength <= h.maxBodyBytes() && r.Method == http.MethodPost {
+		leave, err := h.enterLarge(r)
+		if err != nil {
+			h.refuse(w, err, log)
+			return
+		}
+		defer leave()
+	}
 	// The body is read before an in-flight slot is taken, under its own deadline and
 	// the byte budget: slots are for deciding, and a client slow to send holds none.
 	if err := h.read(w, r, body, &charged); err != nil {
@@ -256,7 +276,11 @@ func (h *Handler) refuse(w http.ResponseWriter, err error, log logr.Logger) {
 		// Whatever the client sends later is not a request: do not read it.
 		w.Header().Set("Connection", "close")
 	case http.StatusTooManyRequests:
-		h.refused(RefusedBudget)
+		if errors.Is(err, errLarge) {
+			h.refused(RefusedLarge)
+		} else {
+			h.refused(RefusedBudget)
+		}
 		if h.Metrics != nil {
 			h.Metrics.Shed.Inc()
 		}
@@ -331,12 +355,14 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, body *bytes.Buffe
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" && mediaType(ct) != "application/json" {
 		return &httpError{http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: want application/json", r.Header.Get("Content-Type"))}
 	}
-	limit := h.MaxBodyBytes
-	if limit <= 0 {
-		limit = DefaultMaxBodyBytes
-	}
+	limit := h.maxBodyBytes()
 	if r.ContentLength > limit {
 		return &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body of %d bytes is over the limit of %d", r.ContentLength, limit)}
+	}
+	if r.ContentLength < 0 {
+		// No Content-Length: the lane for large bodies could not be chosen before
+		// reading, so such a body may not be large.
+		limit = min(limit, h.largeBodyBytes())
 	}
 	// A body with a known length is read to that length; one without, to limit+1 (to
 	// tell an over-long body).

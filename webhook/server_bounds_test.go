@@ -223,3 +223,81 @@ func TestServerReadsInChunks(t *testing.T) {
 		}
 	}
 }
+
+// largeReview is the typical review with an annotation that makes it n bytes or more.
+func largeReview(t testing.TB, n int) []byte {
+	t.Helper()
+	return recorded(t, "typical", func(review map[string]any) {
+		podAnnotations(review)["example.com/padding"] = strings.Repeat("x", n)
+	})
+}
+
+// Bodies over LargeBodyBytes are decided one at a time and share LargeBodyRate: a large
+// body sent while another holds the turn for longer than 2 s, or whose bytes the rate
+// cannot give within 2 s, gets 429 before it is read, and small bodies are served
+// meanwhile (the soak: ten 7 MB reviews a second took the whole core). Without a
+// Content-Length a body may not be large.
+func TestServerLargeBodiesShareARate(t *testing.T) {
+	server := func(rate int64) (*Handler, *httptest.Server) {
+		h, _ := testHandler(t)
+		h.MaxBodyBytes = 2 << 20
+		h.BodyBudget = 8 << 20
+		h.LargeBodyBytes = 64 << 10
+		h.LargeBodyRate = rate
+		h.ReadTimeout = 5 * time.Second
+		h.Reads = NewReadMetrics(prometheus.NewRegistry())
+		srv := httptest.NewTLSServer(h)
+		t.Cleanup(srv.Close)
+		return h, srv
+	}
+	h, srv := server(256 << 10)
+
+	big := largeReview(t, 1500<<10)
+	if code, _ := post(t, srv, big); code != http.StatusOK {
+		t.Fatalf("first large body (the bucket starts full): HTTP %d", code)
+	}
+	// 1.5 MiB more now: the bucket has ~0.5 MiB, and 1 MiB at 256 KiB/s is 4 s away.
+	code, took := post(t, srv, big)
+	t.Logf("second large body at once: HTTP %d in %s", code, took)
+	if code != http.StatusTooManyRequests || took > time.Second {
+		t.Errorf("second large body: HTTP %d in %s, want 429 at once", code, took)
+	}
+	if code, _ := post(t, srv, recorded(t, "typical", nil)); code != http.StatusOK {
+		t.Errorf("small body after a large refusal: HTTP %d", code)
+	}
+
+	// One at a time: a large body whose client trickles it holds the turn; another
+	// waits 2 s for it and is refused, while small bodies pass.
+	if got := testutil.ToFloat64(h.Reads.Refused.WithLabelValues(RefusedLarge)); got != 1 {
+		t.Errorf("podmeta_body_refused_total{reason=large} = %v, want 1", got)
+	}
+	h, srv = server(1 << 30) // bytes are no longer the limit
+	holder := slowClient(t, srv, 100<<10, []byte("{"))
+	time.Sleep(200 * time.Millisecond)
+	for range 3 {
+		if code, took := post(t, srv, recorded(t, "typical", nil)); code != http.StatusOK || took > time.Second {
+			t.Errorf("small body while a large one holds the turn: HTTP %d in %s", code, took)
+		}
+	}
+	code, took = post(t, srv, largeReview(t, 100<<10))
+	t.Logf("large body while another holds the turn: HTTP %d in %s", code, took)
+	if code != http.StatusTooManyRequests || took < largeBodyMaxWait-100*time.Millisecond {
+		t.Errorf("large body while another holds the turn: HTTP %d after %s, want 429 after %s", code, took, largeBodyMaxWait)
+	}
+	holder.Close()
+	if got := testutil.ToFloat64(h.Reads.Refused.WithLabelValues(RefusedLarge)); got != 1 {
+		t.Errorf("podmeta_body_refused_total{reason=large} = %v, want 1", got)
+	}
+
+	// No Content-Length: up to LargeBodyBytes only.
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/mutate-v1-pod", io.MultiReader(bytes.NewReader(largeReview(t, 100<<10))))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.ContentLength == 0 {
+		t.Errorf("large body without Content-Length: HTTP %d, want 413", resp.StatusCode)
+	}
+}

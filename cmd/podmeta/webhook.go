@@ -47,6 +47,8 @@ type serverOptions struct {
 	maxInFlight      int
 	bodyReadTimeout  time.Duration
 	bodyBudget       int64
+	largeBodyBytes   int64
+	largeBodyRate    int64
 	namespaceWait    time.Duration
 	maxNSWaits       int
 	clientCAFile     string
@@ -71,6 +73,8 @@ func defaultServerOptions() *serverOptions {
 		maxInFlight:      100,
 		bodyReadTimeout:  webhook.DefaultReadTimeout,
 		bodyBudget:       webhook.DefaultBodyBudget,
+		largeBodyBytes:   webhook.DefaultLargeBodyBytes,
+		largeBodyRate:    webhook.DefaultLargeBodyRate,
 		namespaceWait:    time.Second,
 		maxNSWaits:       defaultMaxNamespaceWaits,
 		gracefulShutdown: 30 * time.Second,
@@ -90,6 +94,8 @@ func (o *serverOptions) addFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.maxBodyBytes, "max-request-bytes", o.maxBodyBytes, "largest AdmissionReview body accepted (413 above)")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", o.maxInFlight, "admission requests decided at once, counted once their body is read; more are refused at once with 429 (0: no limit)")
 	fs.DurationVar(&o.bodyReadTimeout, "body-read-timeout", o.bodyReadTimeout, "how long a request may take to send its body once its headers are read; slower ones get 408 and their connection is closed")
+	fs.Int64Var(&o.largeBodyBytes, "large-body-bytes", o.largeBodyBytes, "bodies larger than this are decided one at a time and share --large-body-rate; one that would wait over 2 s for its turn gets 429 before it is read")
+	fs.Int64Var(&o.largeBodyRate, "large-body-rate", o.largeBodyRate, "bytes a second of bodies over --large-body-bytes, in all (decoding costs ~40 ms of CPU per MB)")
 	fs.Int64Var(&o.bodyBudget, "body-budget-bytes", o.bodyBudget, "bytes buffered for request bodies by all requests at once (at least --max-request-bytes); a request that would go over it gets 429")
 	fs.DurationVar(&o.namespaceWait, "namespace-wait", o.namespaceWait, "how long a request waits for a namespace the cache has not seen yet (one shared wait per name)")
 	fs.IntVar(&o.maxNSWaits, "max-namespace-waits", o.maxNSWaits, "requests waiting at once for namespaces the cache has not seen; more go on at once without namespace defaults (logged, counted in podmeta_namespace_lookups_total{result=\"overflow\"})")
@@ -203,15 +209,17 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	namespaces := newNamespaceLookup(cacheGetter(mgr.GetCache()), &synced, o.namespaceWait, o.maxNSWaits,
 		newNamespaceLookupMetric(crmetrics.Registry), log.WithName("namespaces"))
 	handler := &webhook.Handler{
-		Injector:     injector,
-		Namespaces:   namespaces.Annotations,
-		Metrics:      webhook.NewMetrics(crmetrics.Registry),
-		Reads:        webhook.NewReadMetrics(crmetrics.Registry),
-		Log:          log.WithName("admission"),
-		MaxBodyBytes: o.maxBodyBytes,
-		MaxInFlight:  o.maxInFlight,
-		ReadTimeout:  o.bodyReadTimeout,
-		BodyBudget:   o.bodyBudget,
+		Injector:       injector,
+		Namespaces:     namespaces.Annotations,
+		Metrics:        webhook.NewMetrics(crmetrics.Registry),
+		Reads:          webhook.NewReadMetrics(crmetrics.Registry),
+		Log:            log.WithName("admission"),
+		MaxBodyBytes:   o.maxBodyBytes,
+		MaxInFlight:    o.maxInFlight,
+		ReadTimeout:    o.bodyReadTimeout,
+		BodyBudget:     o.bodyBudget,
+		LargeBodyBytes: o.largeBodyBytes,
+		LargeBodyRate:  o.largeBodyRate,
 	}
 	// GetWebhookServer also adds the server to the manager.
 	mgr.GetWebhookServer().Register(MutatePath, handler)
@@ -245,7 +253,7 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		return err
 	}
 	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace, "certMode", o.certs.EffectiveMode(),
-		"clientAuth", o.clientCAFile != "", "maxInFlight", o.maxInFlight, "maxRequestBytes", o.maxBodyBytes, "bodyBudgetBytes", o.bodyBudget, "bodyReadTimeout", o.bodyReadTimeout)
+		"clientAuth", o.clientCAFile != "", "maxInFlight", o.maxInFlight, "maxRequestBytes", o.maxBodyBytes, "bodyBudgetBytes", o.bodyBudget, "bodyReadTimeout", o.bodyReadTimeout, "largeBodyBytes", o.largeBodyBytes, "largeBodyRate", o.largeBodyRate)
 	// The manager gets its own context: on SIGTERM podmeta first drains for
 	// --shutdown-delay, then stops the manager, which finishes in-flight requests.
 	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
@@ -278,6 +286,8 @@ func (o *serverOptions) validate() error {
 	switch {
 	case o.maxBodyBytes <= 0:
 		errs = append(errs, fmt.Errorf("--max-request-bytes=%d: must be positive", o.maxBodyBytes))
+	case o.largeBodyBytes <= 0 || o.largeBodyRate <= 0:
+		errs = append(errs, fmt.Errorf("--large-body-bytes=%d and --large-body-rate=%d: must be positive", o.largeBodyBytes, o.largeBodyRate))
 	case o.bodyBudget < o.maxBodyBytes:
 		errs = append(errs, fmt.Errorf("--body-budget-bytes=%d is below --max-request-bytes=%d: the largest review could never be read", o.bodyBudget, o.maxBodyBytes))
 	}
