@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -15,7 +14,8 @@ import (
 // waits behind them (the hostile-input soak, docs/security.md). Requests whose body is
 // over LargeBodyBytes are therefore decided one at a time and share LargeBodyRate bytes a
 // second; the admission of a large body waits up to largeBodyMaxWait for its turn and
-// its bytes, and is refused with 429 before its body is read if it would wait longer.
+// its bytes, and is refused with 429, after that wait and before its body is read, if it
+// would wait longer.
 // Small bodies never wait for large ones.
 
 const (
@@ -29,9 +29,6 @@ const (
 	// largeBodyMaxWait bounds how long a large body waits for its turn and its bytes:
 	// well within the apiserver's webhook timeout (the chart's 5 s).
 	largeBodyMaxWait = 2 * time.Second
-	// largeBodyMaxWaiters bounds the large requests waiting at once; more are refused at
-	// once.
-	largeBodyMaxWaiters = 8
 	// RefusedLarge is the reason of podmeta_body_refused_total for a large body refused
 	// before it was read.
 	RefusedLarge = "large"
@@ -41,8 +38,7 @@ var errLarge = errors.New("large body refused")
 
 // largeLane admits large bodies one at a time at a bounded byte rate.
 type largeLane struct {
-	turn    chan struct{} // one slot
-	waiters atomic.Int32
+	turn chan struct{} // one slot
 
 	mu     sync.Mutex
 	tokens float64 // bytes; negative: owed, paid by waiting
@@ -71,18 +67,24 @@ func (h *Handler) enterLarge(r *http.Request) (leave func(), err error) {
 		h.large = &largeLane{turn: make(chan struct{}, 1), tokens: float64(h.maxBodyBytes()), last: time.Now()}
 	})
 	l := h.large
+	start := time.Now()
+	// A refusal is answered only when the wait it refuses would have ended: a client
+	// refused at once would reconnect at once, and a TLS handshake costs more than a
+	// waiting goroutine (the soak: 1,400 handshakes a second took half the core).
 	refuse := func(why string) (func(), error) {
+		if rest := largeBodyMaxWait - time.Since(start); rest > 0 {
+			t := time.NewTimer(rest)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+			}
+			t.Stop()
+		}
 		return nil, fmt.Errorf("%w: %w", &httpError{http.StatusTooManyRequests, fmt.Sprintf("body of %d bytes is over --large-body-bytes=%d, and %s (large bodies are decided one at a time, %d bytes a second in all: --large-body-rate)",
 			r.ContentLength, h.largeBodyBytes(), why, int64(h.largeBodyRate()))}, errLarge)
 	}
-	if l.waiters.Add(1) > largeBodyMaxWaiters {
-		l.waiters.Add(-1)
-		return refuse(fmt.Sprintf("%d large requests are waiting already", largeBodyMaxWaiters))
-	}
-	defer l.waiters.Add(-1)
 	deadline := time.NewTimer(largeBodyMaxWait)
 	defer deadline.Stop()
-	start := time.Now()
 	select {
 	case l.turn <- struct{}{}:
 	case <-deadline.C:
