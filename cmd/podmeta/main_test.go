@@ -112,7 +112,7 @@ func TestInjectWorkloads(t *testing.T) {
 	if dep.Spec.Template.Annotations[webhook.AnnotationStatus] == "" {
 		t.Error("no status annotation on the template")
 	}
-	if !strings.Contains(stderr, `Deployment/web: podmeta: container "web" defines env POD_IP; kept the pod's value`) {
+	if !strings.Contains(stderr, `deployment/web: podmeta: container "web" defines env POD_IP; kept the pod's value`) {
 		t.Errorf("warning missing from stderr: %q", stderr)
 	}
 
@@ -152,7 +152,7 @@ func TestInjectInvalidAnnotation(t *testing.T) {
 	if out != "" {
 		t.Errorf("wrote output despite the error:\n%s", out)
 	}
-	for _, want := range []string{"StatefulSet/db", `podmeta.io/env="POD_NAME,NOT_A_KEY"`, `unknown key "NOT_A_KEY"`, "valid values are default, all, none"} {
+	for _, want := range []string{"statefulset/db", `podmeta.io/env="POD_NAME,NOT_A_KEY"`, `unknown key "NOT_A_KEY"`, "valid values are default, all, none"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
 		}
@@ -210,9 +210,9 @@ func TestBadUsage(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"inject"}, "usage: podmeta inject -f FILE"},
+		{[]string{"inject"}, "usage: podmeta inject -f FILE|DIR|-"},
 		{[]string{"inject", "-f", "testdata/nope.yaml"}, "no such file"},
-		{[]string{"inject", "-f", "-", "--ambassador-mode=admin"}, `podmeta.io/ambassador-mode="admin" is invalid`},
+		{[]string{"inject", "-f", "-", "--ambassador-mode=admin"}, `--ambassador-mode="admin" is invalid`},
 		{[]string{"inject", "-f", "-", "--native-sidecar=maybe"}, "--native-sidecar"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{}, "no command given"},
@@ -230,10 +230,10 @@ func TestExplain(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	for _, want := range []string{
-		"Deployment/web", "ambassador", "added as native-sidecar",
+		"deployment/web", "ambassador", "added as native-sidecar",
 		`warning            -                   container "web" defines env POD_IP; kept the pod's value`,
-		"CronJob/nightly", "added POD_NAME",
-		"Pod/opted-out", "skipped: podmeta.io/inject is false",
+		"cronjob/nightly", "added POD_NAME",
+		"pod/opted-out", "skipped: podmeta.io/inject is false",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("explain output lacks %q:\n%s", want, out)

@@ -1,40 +1,24 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
 
-	jsonpatch "github.com/evanphx/json-patch/v5"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
-
 	"github.com/podmeta/podmeta/webhook"
 )
 
-// templatePaths maps a kind to the JSON pointer of its pod template ("" for a Pod).
-var templatePaths = map[string]string{
-	"Pod":         "",
-	"Deployment":  "/spec/template",
-	"StatefulSet": "/spec/template",
-	"DaemonSet":   "/spec/template",
-	"ReplicaSet":  "/spec/template",
-	"Job":         "/spec/template",
-	"CronJob":     "/spec/jobTemplate/spec/template",
-}
-
-// offlineOptions are the flags inject and explain share.
+// offlineOptions are the flags inject, explain and uninject share.
 type offlineOptions struct {
-	file          string
+	files         []string
+	recursive     bool
+	quiet         bool
 	nsAnnotations map[string]string
 	cfg           webhook.Config
 }
@@ -43,7 +27,12 @@ func parseOffline(name string, args []string, s streams) (*offlineOptions, *webh
 	o := &offlineOptions{cfg: webhook.DefaultConfig()}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(s.err)
-	fs.StringVar(&o.file, "f", "", "manifest file (multi-document YAML); - reads standard input")
+	fs.Func("f", "manifest file, directory (its .yaml, .yml and .json files) or - for standard input; repeatable", func(v string) error {
+		o.files = append(o.files, v)
+		return nil
+	})
+	fs.BoolVar(&o.recursive, "R", false, "with -f DIR, also read its subdirectories")
+	fs.BoolVar(&o.quiet, "quiet", false, "do not print the per-document summary on standard error (warnings still are)")
 	fs.Func("namespace-annotations", "k=v,… namespace annotations to simulate (namespace-wide podmeta defaults)", func(v string) error {
 		o.nsAnnotations = map[string]string{}
 		for item := range strings.SplitSeq(v, ",") {
@@ -59,137 +48,92 @@ func parseOffline(name string, args []string, s streams) (*offlineOptions, *webh
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
-	if o.file == "" || fs.NArg() > 0 {
-		return nil, nil, errors.New("usage: podmeta " + name + " -f FILE [flags]; see -h")
+	if len(o.files) == 0 || fs.NArg() > 0 {
+		return nil, nil, errors.New("usage: podmeta " + name + " -f FILE|DIR|- [-R] [flags]; see -h")
 	}
 	// Offline there is no apiserver to ask; "auto" assumes a current cluster (>= 1.29).
 	in, err := webhook.NewInjector(o.cfg, o.cfg.UseNativeSidecar(true))
 	if err != nil {
-		return nil, nil, fmt.Errorf("invalid configuration: %w", err)
+		return nil, nil, fmt.Errorf("invalid configuration: %w", namingFlags(err))
 	}
 	return o, in, nil
 }
 
-// document is one YAML document of a manifest and, for the kinds that carry a pod, its plan.
-type document struct {
-	raw      []byte // as read, written back unchanged when nothing is injected
-	json     []byte
-	kind     string
-	name     string
-	template string // JSON pointer of the pod template
-	plan     *webhook.Plan
+// planned is an object with its plan.
+type planned struct {
+	*object
+	plan *webhook.Plan
 }
 
-func (d *document) String() string { return d.kind + "/" + d.name }
-
-// planManifests reads every document of o.file and plans those that carry a pod. Denials
-// are collected, so one run reports every invalid document.
-func planManifests(in *webhook.Injector, o *offlineOptions, stdin io.Reader) ([]*document, error) {
-	r := stdin
-	if o.file != "-" {
-		f, err := os.Open(o.file)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close() //nolint:errcheck // read-only
-		r = f
+// planAll reads every input and plans each pod-carrying object. Denials are collected,
+// so one run reports every invalid object; any denial is returned as the error.
+func planAll(in *webhook.Injector, o *offlineOptions, stdin io.Reader) ([]*document, map[*object]*webhook.Plan, error) {
+	docs, err := readInputs(o.files, o.recursive, stdin)
+	if err != nil {
+		return nil, nil, err
 	}
-	var docs []*document
+	plans := map[*object]*webhook.Plan{}
 	var denials []error
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(r))
-	for n := 1; ; n++ {
-		raw, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: document %d: %w", o.file, n, err)
-		}
-		d, err := planDocument(in, o, raw)
-		if err != nil {
-			if webhook.IsDenied(err) {
-				denials = append(denials, fmt.Errorf("%s: %w", d, err))
-				continue
+	for _, d := range docs {
+		for _, obj := range d.objects {
+			p, err := planObject(in, o, d, obj)
+			if err != nil {
+				if webhook.IsDenied(err) {
+					denials = append(denials, fmt.Errorf("%s: %w", obj, namingNamespaceFlag(err)))
+					continue
+				}
+				return nil, nil, fmt.Errorf("%s: %s: %w", d, obj, err)
 			}
-			return nil, fmt.Errorf("%s: document %d: %w", o.file, n, err)
-		}
-		if d != nil {
-			docs = append(docs, d)
+			plans[obj] = p
 		}
 	}
-	return docs, errors.Join(denials...)
+	if len(denials) > 0 {
+		return nil, nil, &deniedError{denials}
+	}
+	return docs, plans, nil
 }
 
-func planDocument(in *webhook.Injector, o *offlineOptions, raw []byte) (*document, error) {
-	js, err := yaml.YAMLToJSON(raw)
+func planObject(in *webhook.Injector, o *offlineOptions, d *document, obj *object) (*webhook.Plan, error) {
+	template := at(d.node, obj.template)
+	if template == nil {
+		return nil, fmt.Errorf("no %s", strings.TrimPrefix(obj.template, obj.pointer))
+	}
+	js, err := nodeJSON(template)
 	if err != nil {
 		return nil, err
 	}
-	d := &document{raw: raw, json: js}
-	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
-		return nil, nil // only comments or blank
-	}
-	var head struct {
-		Kind     string `json:"kind"`
-		Metadata struct {
-			Name      string `json:"name"`
-			Namespace string `json:"namespace"`
-		} `json:"metadata"`
-	}
-	if err := json.Unmarshal(js, &head); err != nil {
-		return nil, err
-	}
-	d.kind, d.name = head.Kind, head.Metadata.Name
-	path, ok := templatePaths[head.Kind]
-	if !ok {
-		return d, nil
-	}
-	d.template = path
-	template, err := lookup(js, path)
-	if err != nil {
-		return d, err
-	}
-	d.plan, err = in.PlanPod(template, head.Metadata.Namespace, o.nsAnnotations)
-	return d, err
+	return in.PlanPod(js, obj.namespace, o.nsAnnotations)
 }
 
-// lookup returns the JSON value at a pointer made of object keys.
-func lookup(js []byte, pointer string) ([]byte, error) {
-	for key := range strings.SplitSeq(strings.TrimPrefix(pointer, "/"), "/") {
-		if key == "" {
-			break
-		}
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(js, &obj); err != nil {
-			return nil, fmt.Errorf("%s: %w", pointer, err)
-		}
-		if js = obj[key]; js == nil {
-			return nil, fmt.Errorf("no %s", pointer)
-		}
+// deniedError lists every object the webhook would deny.
+type deniedError struct{ denials []error }
+
+func (e *deniedError) Error() string {
+	var b strings.Builder
+	if len(e.denials) == 1 {
+		b.WriteString("1 object would be denied; nothing written:")
+	} else {
+		fmt.Fprintf(&b, "%d objects would be denied; nothing written:", len(e.denials))
 	}
-	return js, nil
+	for _, err := range e.denials {
+		b.WriteString("\n  " + strings.ReplaceAll(err.Error(), "\n", "\n    "))
+	}
+	return b.String()
 }
 
-// mutated applies the plan's patch, under the template's pointer, to the whole document:
-// the same operations the webhook sends, applied by the library the apiserver uses.
-func (d *document) mutated() ([]byte, error) {
-	ops := d.plan.Patch()
-	for i := range ops {
-		ops[i].Path = d.template + ops[i].Path
+// apply makes the plan's additions on the document's node tree: the operations the
+// webhook would send, under the template's pointer.
+func apply(d *document, obj *object, p *webhook.Plan) error {
+	for _, op := range p.Patch() {
+		value, err := valueNode(op.Value)
+		if err != nil {
+			return err
+		}
+		if err := addAt(d.node, obj.template+op.Path, value); err != nil {
+			return fmt.Errorf("%s: apply: %w", obj, err)
+		}
 	}
-	opsJSON, err := json.Marshal(ops)
-	if err != nil {
-		return nil, err
-	}
-	patch, err := jsonpatch.DecodePatch(opsJSON)
-	if err != nil {
-		return nil, err
-	}
-	out, err := patch.Apply(d.json)
-	if err != nil {
-		return nil, fmt.Errorf("%s: apply: %w", d, err)
-	}
-	return yaml.JSONToYAML(out)
+	return nil
 }
 
 func runInject(_ context.Context, args []string, s streams) error {
@@ -197,31 +141,52 @@ func runInject(_ context.Context, args []string, s streams) error {
 	if err != nil {
 		return err
 	}
-	docs, err := planManifests(in, o, s.in)
+	docs, plans, err := planAll(in, o, s.in)
 	if err != nil {
 		return err // nothing is written: half a manifest is worse than none
 	}
-	var out bytes.Buffer
-	for i, d := range docs {
-		if i > 0 {
-			out.WriteString("---\n")
+	changed := map[*document]bool{}
+	for _, d := range docs {
+		for _, obj := range d.objects {
+			p := plans[obj]
+			for _, w := range p.Warnings {
+				fmt.Fprintf(s.err, "%s: %s\n", obj, w)
+			}
+			for _, w := range workloadAnnotationWarnings(obj) {
+				fmt.Fprintf(s.err, "%s: %s\n", obj, w)
+			}
+			if !o.quiet {
+				fmt.Fprintf(s.err, "%s: %s\n", obj, summary(p))
+			}
+			if p.Empty() {
+				continue
+			}
+			if err := apply(d, obj, p); err != nil {
+				return err
+			}
+			changed[d] = true
 		}
-		if d.plan == nil || d.plan.Empty() {
-			out.Write(bytes.TrimRight(d.raw, "\n"))
-			out.WriteByte('\n')
-			continue
-		}
-		for _, w := range d.plan.Warnings {
-			fmt.Fprintf(s.err, "%s: %s\n", d, w)
-		}
-		y, err := d.mutated()
-		if err != nil {
-			return err
-		}
-		out.Write(y)
 	}
-	_, err = s.out.Write(out.Bytes())
-	return err
+	encoded := map[*document][]byte{}
+	for d := range changed {
+		if encoded[d], err = d.encode(); err != nil {
+			return fmt.Errorf("%s: %w", d, err)
+		}
+	}
+	return writeDocuments(s.out, docs, func(d *document) []byte {
+		if b, ok := encoded[d]; ok {
+			return b
+		}
+		return unchanged(d)
+	})
+}
+
+// unchanged is a document as read, or nil for one that is blank.
+func unchanged(d *document) []byte {
+	if len(bytes.TrimSpace(d.raw)) == 0 {
+		return nil
+	}
+	return d.raw
 }
 
 func runExplain(_ context.Context, args []string, s streams) error {
@@ -229,22 +194,24 @@ func runExplain(_ context.Context, args []string, s streams) error {
 	if err != nil {
 		return err
 	}
-	docs, err := planManifests(in, o, s.in)
+	docs, plans, err := planAll(in, o, s.in)
 	if err != nil {
 		return err
 	}
 	for _, d := range docs {
-		if d.plan == nil {
-			continue
+		for _, obj := range d.objects {
+			fmt.Fprintf(s.out, "%s\n", obj)
+			tw := tabwriter.NewWriter(s.out, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "  WHAT\tWHERE\tRESULT")
+			explain(tw, plans[obj])
+			for _, w := range workloadAnnotationWarnings(obj) {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", "warning", "-", w)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(s.out)
 		}
-		fmt.Fprintf(s.out, "%s\n", d)
-		tw := tabwriter.NewWriter(s.out, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  WHAT\tWHERE\tRESULT")
-		explain(tw, d.plan)
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		fmt.Fprintln(s.out)
 	}
 	return nil
 }

@@ -122,7 +122,7 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		o.cfg.ExcludedNamespaces = append(o.cfg.ExcludedNamespaces, o.namespace)
 	}
 	o.certs.Namespace = o.namespace
-	if err := errors.Join(o.cfg.Validate(), o.certs.Validate(), o.validate()); err != nil {
+	if err := errors.Join(namingFlags(o.cfg.Validate()), o.certs.Validate(), o.validate()); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	o.zap.DestWriter = s.err

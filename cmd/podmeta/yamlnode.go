@@ -1,0 +1,422 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// The offline tools edit a manifest as a yaml.v3 node tree, not as decoded maps: the
+// tree keeps comments, key order and scalar styles, so a document podmeta changes keeps
+// everything its author wrote. JSON documents are read into the same tree (JSON is
+// YAML) and written back as JSON.
+
+// parseNode parses one document. It returns nil for a document of only comments.
+func parseNode(raw []byte) (*yaml.Node, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, nil
+	}
+	return &doc, nil
+}
+
+// root is a document's top node.
+func root(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		return n.Content[0]
+	}
+	return n
+}
+
+func resolve(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+// nodeJSON renders a node as JSON, keys in their order.
+func nodeJSON(n *yaml.Node) ([]byte, error) {
+	var buf bytes.Buffer
+	err := writeJSON(&buf, root(n))
+	return buf.Bytes(), err
+}
+
+func writeJSON(buf *bytes.Buffer, n *yaml.Node) error {
+	n = resolve(n)
+	switch n.Kind {
+	case yaml.MappingNode:
+		buf.WriteByte('{')
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			k, _ := json.Marshal(resolve(n.Content[i]).Value)
+			buf.Write(k)
+			buf.WriteByte(':')
+			if err := writeJSON(buf, n.Content[i+1]); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte('}')
+	case yaml.SequenceNode:
+		buf.WriteByte('[')
+		for i, c := range n.Content {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if err := writeJSON(buf, c); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte(']')
+	case yaml.ScalarNode:
+		var v any
+		if err := n.Decode(&v); err != nil {
+			return fmt.Errorf("line %d: %w", n.Line, err)
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("line %d: %w", n.Line, err)
+		}
+		buf.Write(b)
+	default:
+		buf.WriteString("null")
+	}
+	return nil
+}
+
+// field returns a mapping's value for key, or nil.
+func field(m *yaml.Node, key string) *yaml.Node {
+	m = resolve(m)
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return resolve(m.Content[i+1])
+		}
+	}
+	return nil
+}
+
+// str is a mapping's string value for key, or "".
+func str(m *yaml.Node, key string) string {
+	if v := field(m, key); v != nil && v.Kind == yaml.ScalarNode {
+		return v.Value
+	}
+	return ""
+}
+
+// deleteField removes key from a mapping; it reports whether it was there.
+func deleteField(m *yaml.Node, key string) bool {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			m.Content = append(m.Content[:i], m.Content[i+2:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// pointerTokens splits a JSON pointer (RFC 6901).
+func pointerTokens(p string) []string {
+	if p == "" {
+		return nil
+	}
+	toks := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	for i, t := range toks {
+		toks[i] = strings.NewReplacer("~1", "/", "~0", "~").Replace(t)
+	}
+	return toks
+}
+
+// at returns the node at a JSON pointer, or nil.
+func at(n *yaml.Node, pointer string) *yaml.Node {
+	n = resolve(root(n))
+	for _, tok := range pointerTokens(pointer) {
+		switch n.Kind {
+		case yaml.MappingNode:
+			n = field(n, tok)
+		case yaml.SequenceNode:
+			i, err := strconv.Atoi(tok)
+			if err != nil || i < 0 || i >= len(n.Content) {
+				return nil
+			}
+			n = resolve(n.Content[i])
+		default:
+			return nil
+		}
+		if n == nil {
+			return nil
+		}
+	}
+	return n
+}
+
+// valueNode renders v (anything encoding/json marshals) as a block-style node: the
+// styles a person would write, so added lines look like the lines around them.
+func valueNode(v any) (*yaml.Node, error) {
+	js, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(js, &doc); err != nil {
+		return nil, err
+	}
+	n := doc.Content[0]
+	var block func(*yaml.Node)
+	block = func(n *yaml.Node) {
+		n.Style = 0 // plain scalars (the encoder quotes what would read as another type), block collections
+		n.Line, n.Column = 0, 0
+		for _, c := range n.Content {
+			block(c)
+		}
+	}
+	block(n)
+	return n, nil
+}
+
+// addAt performs a JSON-patch "add" of value at pointer: a mapping key is set (replaced
+// when present, appended after the others otherwise), a sequence index inserts before,
+// "-" appends. A missing mapping on the way is created, as for a pod template without
+// metadata.
+func addAt(doc *yaml.Node, pointer string, value *yaml.Node) error {
+	toks := pointerTokens(pointer)
+	if len(toks) == 0 {
+		return errors.New("add at the document root")
+	}
+	n := resolve(root(doc))
+	for _, tok := range toks[:len(toks)-1] {
+		switch n.Kind {
+		case yaml.MappingNode:
+			next := field(n, tok)
+			if next == nil || (next.Kind == yaml.ScalarNode && next.Tag == "!!null") {
+				next = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+				setField(n, tok, next)
+			}
+			n = next
+		case yaml.SequenceNode:
+			i, err := strconv.Atoi(tok)
+			if err != nil || i < 0 || i >= len(n.Content) {
+				return fmt.Errorf("%s: no element %s", pointer, tok)
+			}
+			n = resolve(n.Content[i])
+		default:
+			return fmt.Errorf("%s: %s is not an object or a list", pointer, tok)
+		}
+	}
+	last := toks[len(toks)-1]
+	switch n.Kind {
+	case yaml.MappingNode:
+		setField(n, last, value)
+	case yaml.SequenceNode:
+		if last == "-" {
+			n.Content = append(n.Content, value)
+			return nil
+		}
+		i, err := strconv.Atoi(last)
+		if err != nil || i < 0 || i > len(n.Content) {
+			return fmt.Errorf("%s: no index %s", pointer, last)
+		}
+		n.Content = append(n.Content[:i], append([]*yaml.Node{value}, n.Content[i:]...)...)
+	default:
+		return fmt.Errorf("%s: parent is not an object or a list", pointer)
+	}
+	return nil
+}
+
+func setField(m *yaml.Node, key string, value *yaml.Node) {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			m.Content[i+1] = value
+			return
+		}
+	}
+	if m.Style&yaml.FlowStyle != 0 && value.Kind != yaml.ScalarNode {
+		flow(value) // block content inside a flow mapping cannot be written
+	}
+	m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, value)
+}
+
+func flow(n *yaml.Node) {
+	if n.Kind != yaml.ScalarNode {
+		n.Style = yaml.FlowStyle
+	}
+	for _, c := range n.Content {
+		flow(c)
+	}
+}
+
+// layout is how a YAML document is indented, so that a changed one is written back the
+// way it was written: kubectl's style (two spaces, "- " at its key's column) unless the
+// document shows another.
+type layout struct {
+	indent  int
+	compact bool // "- " at its parent key's column
+}
+
+func detectLayout(raw []byte) layout {
+	l := layout{indent: 2, compact: true}
+	lines := strings.Split(string(raw), "\n")
+	indentOf := func(s string) int { return len(s) - len(strings.TrimLeft(s, " ")) }
+	foundIndent, foundSeq := false, false
+	for i := 0; i+1 < len(lines) && !(foundIndent && foundSeq); i++ {
+		line := strings.TrimRight(lines[i], " ")
+		t := strings.TrimSpace(line)
+		if t == "" || strings.HasPrefix(t, "#") || !strings.HasSuffix(t, ":") || strings.HasPrefix(t, "- ") {
+			continue
+		}
+		next := lines[i+1]
+		nt := strings.TrimSpace(next)
+		if nt == "" || strings.HasPrefix(nt, "#") {
+			continue
+		}
+		d := indentOf(next) - indentOf(line)
+		if strings.HasPrefix(nt, "- ") || nt == "-" {
+			if !foundSeq {
+				l.compact, foundSeq = d == 0, true
+				if d > 0 && !foundIndent {
+					l.indent, foundIndent = d, true
+				}
+			}
+			continue
+		}
+		if d > 0 && !foundIndent {
+			l.indent, foundIndent = d, true
+		}
+	}
+	return l
+}
+
+// encodeYAML writes a document in the layout it was read with, then puts back the blank
+// lines the encoder drops (restoreBlankLines).
+func encodeYAML(doc *yaml.Node, raw []byte) ([]byte, error) {
+	l := detectLayout(raw)
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(l.indent)
+	if l.compact {
+		enc.CompactSeqIndent()
+	}
+	if err := enc.Encode(doc); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	out := buf.Bytes()
+	if restored := restoreBlankLines(raw, out); restored != nil {
+		return restored, nil
+	}
+	return out, nil
+}
+
+// restoreBlankLines puts the input's blank lines back into the encoder's output, which
+// drops them: walking both, a line the output has and the input has not is an addition,
+// and a blank input line the output lacks is put back where it was. It returns nil when
+// the result would not mean what out means (a blank line landing inside a block scalar).
+func restoreBlankLines(raw, out []byte) []byte {
+	in := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	got := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	// Where each output line occurs, to tell an added line from a reformatted one. Lines
+	// are compared by commentKey: the encoder writes one space before a line comment.
+	pos := map[string][]int{}
+	for j, line := range got {
+		pos[commentKey(line)] = append(pos[commentKey(line)], j)
+	}
+	next := func(line string, from int) int {
+		for _, j := range pos[commentKey(line)] {
+			if j >= from {
+				return j
+			}
+		}
+		return -1
+	}
+	var res []string
+	j := 0
+	for _, line := range in {
+		if strings.TrimSpace(line) == "" {
+			if j < len(got) && got[j] == line {
+				j++
+			}
+			res = append(res, line)
+			continue
+		}
+		k := next(line, j)
+		if k < 0 {
+			continue // reformatted by the encoder: its new form is among the output lines
+		}
+		res = append(res, got[j:k]...)
+		res = append(res, line) // as written, comment spacing included
+		j = k + 1
+	}
+	res = append(res, got[j:]...)
+	text := []byte(strings.Join(res, "\n") + "\n")
+	if string(text) == string(out) {
+		return nil
+	}
+	a, errA := parseNode(text)
+	b, errB := parseNode(out)
+	if errA != nil || errB != nil || a == nil || b == nil {
+		return nil
+	}
+	ja, errA := nodeJSON(a)
+	jb, errB := nodeJSON(b)
+	if errA != nil || errB != nil || !bytes.Equal(ja, jb) {
+		return nil
+	}
+	return text
+}
+
+// encodeJSON writes a document as JSON indented as the input was (kubectl's four spaces
+// unless it shows another).
+func encodeJSON(doc *yaml.Node, raw []byte) ([]byte, error) {
+	js, err := nodeJSON(doc)
+	if err != nil {
+		return nil, err
+	}
+	indent := "    "
+	trimmed := bytes.TrimLeft(raw, " \t\r\n")
+	if len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[') {
+		rest := trimmed[1:]
+		if nl := bytes.IndexByte(rest, '\n'); nl >= 0 {
+			line := rest[nl+1:]
+			ws := len(line) - len(bytes.TrimLeft(line, " \t"))
+			switch {
+			case ws > 0:
+				indent = string(line[:ws])
+			case nl >= 0 && len(bytes.TrimSpace(rest[:nl])) > 0:
+				indent = "" // all on one line
+			}
+		} else {
+			indent = ""
+		}
+	}
+	var buf bytes.Buffer
+	if indent == "" {
+		buf.Write(js)
+	} else if err := json.Indent(&buf, js, "", indent); err != nil {
+		return nil, err
+	}
+	buf.WriteByte('\n')
+	return buf.Bytes(), nil
+}
+
+// commentKey is a line with the spaces before a line comment (" #") made one.
+func commentKey(line string) string {
+	i := strings.Index(line, " #")
+	if i < 0 {
+		return line
+	}
+	return strings.TrimRight(line[:i], " ") + line[i:]
+}
