@@ -321,46 +321,25 @@ func encodeYAML(doc *yaml.Node, raw []byte) ([]byte, error) {
 	return out, nil
 }
 
-// restoreBlankLines puts the input's blank lines back into the encoder's output, which
-// drops them: walking both, a line the output has and the input has not is an addition,
-// and a blank input line the output lacks is put back where it was. It returns nil when
-// the result would not mean what out means (a blank line landing inside a block scalar).
+// restoreBlankLines puts back into the encoder's output what the encoder normalizes away
+// from lines it kept: the input's blank lines, and the spacing before line comments. A
+// line diff of input against output aligns the two; each kept line is written as the
+// input had it, each blank input line the output lacks is put back. It returns nil when
+// that would change what out means (a blank line landing inside a block scalar).
 func restoreBlankLines(raw, out []byte) []byte {
 	in := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
 	got := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
-	// Where each output line occurs, to tell an added line from a reformatted one. Lines
-	// are compared by commentKey: the encoder writes one space before a line comment.
-	pos := map[string][]int{}
-	for j, line := range got {
-		pos[commentKey(line)] = append(pos[commentKey(line)], j)
-	}
-	next := func(line string, from int) int {
-		for _, j := range pos[commentKey(line)] {
-			if j >= from {
-				return j
-			}
-		}
-		return -1
-	}
 	var res []string
-	j := 0
-	for _, line := range in {
-		if strings.TrimSpace(line) == "" {
-			if j < len(got) && got[j] == line {
-				j++
-			}
-			res = append(res, line)
-			continue
+	for _, e := range diffLines(in, got) {
+		switch {
+		case e.a >= 0 && e.b >= 0:
+			res = append(res, in[e.a]) // as written, comment spacing included
+		case e.b >= 0:
+			res = append(res, got[e.b])
+		case strings.TrimSpace(in[e.a]) == "":
+			res = append(res, in[e.a])
 		}
-		k := next(line, j)
-		if k < 0 {
-			continue // reformatted by the encoder: its new form is among the output lines
-		}
-		res = append(res, got[j:k]...)
-		res = append(res, line) // as written, comment spacing included
-		j = k + 1
 	}
-	res = append(res, got[j:]...)
 	text := []byte(strings.Join(res, "\n") + "\n")
 	if string(text) == string(out) {
 		return nil
@@ -376,6 +355,91 @@ func restoreBlankLines(raw, out []byte) []byte {
 		return nil
 	}
 	return text
+}
+
+// edit is one step of a line diff: a line of both (a and b set), only of a (b -1) or
+// only of b (a -1).
+type edit struct{ a, b int }
+
+// diffLines is a shortest line diff of a and b (Myers), lines compared by commentKey.
+// Its work is O((len(a)+len(b))·D) for D differing lines: small for inject and uninject,
+// which only add or only remove lines.
+func diffLines(a, b []string) []edit {
+	ka := make([]string, len(a))
+	for i := range a {
+		ka[i] = commentKey(a[i])
+	}
+	kb := make([]string, len(b))
+	for i := range b {
+		kb[i] = commentKey(b[i])
+	}
+	n, m := len(a), len(b)
+	max := n + m
+	off := max + 1
+	v := make([]int, 2*max+3)
+	var trace [][]int
+	found := false
+	for d := 0; d <= max && !found; d++ {
+		// Keep only the diagonals this step can reach.
+		snapshot := make([]int, 2*d+3)
+		copy(snapshot, v[off-d-1:off+d+2])
+		trace = append(trace, snapshot)
+		for k := -d; k <= d; k += 2 {
+			var x int
+			if k == -d || (k != d && v[off+k-1] < v[off+k+1]) {
+				x = v[off+k+1]
+			} else {
+				x = v[off+k-1] + 1
+			}
+			y := x - k
+			for x < n && y < m && ka[x] == kb[y] {
+				x, y = x+1, y+1
+			}
+			v[off+k] = x
+			if x >= n && y >= m {
+				found = true
+				break
+			}
+		}
+	}
+	// Walk back through the snapshots (each taken before its step ran).
+	var rev []edit
+	x, y := n, m
+	for d := len(trace) - 1; d >= 0; d-- {
+		snap := trace[d] // v before step d: index k maps to snap[k+d+1]
+		get := func(k int) int { return snap[k+d+1] }
+		k := x - y
+		var prevK int
+		if d == 0 {
+			prevK = 0
+		} else if k == -d || (k != d && get(k-1) < get(k+1)) {
+			prevK = k + 1
+		} else {
+			prevK = k - 1
+		}
+		prevX := 0
+		if d > 0 {
+			prevX = get(prevK)
+		}
+		prevY := prevX - prevK
+		for x > prevX && y > prevY {
+			x, y = x-1, y-1
+			rev = append(rev, edit{x, y})
+		}
+		if d > 0 {
+			if x == prevX {
+				y--
+				rev = append(rev, edit{-1, y})
+			} else {
+				x--
+				rev = append(rev, edit{x, -1})
+			}
+		}
+	}
+	for i, j := 0, len(rev)-1; i < j; i, j = i+1, j-1 {
+		rev[i], rev[j] = rev[j], rev[i]
+	}
+	return rev
 }
 
 // encodeJSON writes a document as JSON indented as the input was (kubectl's four spaces
