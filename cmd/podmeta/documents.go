@@ -190,6 +190,11 @@ func newDocument(source string, n int, raw []byte, isJSON bool) (*document, erro
 		return nil, fmt.Errorf("%s: %w", d, err)
 	}
 	d.node = node
+	if node != nil && !isJSON {
+		// A JSON value among YAML documents (or after a comment) is written back as JSON.
+		r := root(node)
+		d.json = r.Kind == yaml.MappingNode && r.Style&yaml.FlowStyle != 0 && bytes.HasPrefix(bytes.TrimSpace(jsonPrefixFree(raw)), []byte("{"))
+	}
 	if node != nil {
 		d.collect(root(node), "")
 	}
@@ -257,4 +262,28 @@ func writeDocuments(w io.Writer, docs []*document, out func(*document) []byte) e
 	}
 	_, err := w.Write(buf.Bytes())
 	return err
+}
+
+// jsonPrefixFree is raw without its leading comment lines.
+func jsonPrefixFree(raw []byte) []byte {
+	return raw[len(leadingComments(raw)):]
+}
+
+// leadingComments is the comment and blank lines raw starts with.
+func leadingComments(raw []byte) []byte {
+	i := 0
+	for i < len(raw) {
+		end := bytes.IndexByte(raw[i:], '\n')
+		if end < 0 {
+			end = len(raw) - i
+		} else {
+			end++
+		}
+		line := bytes.TrimSpace(raw[i : i+end])
+		if len(line) > 0 && line[0] != '#' {
+			break
+		}
+		i += end
+	}
+	return raw[:i]
 }

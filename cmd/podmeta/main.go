@@ -4,6 +4,7 @@
 //	podmeta webhook  [flags]           serve the mutating admission webhook
 //	podmeta inject   -f FILE [flags]   mutate manifests offline, as the webhook would
 //	podmeta explain  -f FILE [flags]   show what each pod would get, and why not
+//	podmeta uninject -f FILE [flags]   remove what podmeta added, as its record says
 //	podmeta version
 package main
 
@@ -52,6 +53,7 @@ func commands() []command {
 		{"webhook", "serve the mutating admission webhook", runWebhook},
 		{"inject", "mutate Pods and workload pod templates in YAML manifests offline", runInject},
 		{"explain", "show per pod what would be injected, what would be skipped and why", runExplain},
+		{"uninject", "remove what podmeta added to Pods and pod templates, as their status record says", runUninject},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -450,7 +450,7 @@ func encodeJSON(doc *yaml.Node, raw []byte) ([]byte, error) {
 		return nil, err
 	}
 	indent := "    "
-	trimmed := bytes.TrimLeft(raw, " \t\r\n")
+	trimmed := bytes.TrimLeft(raw[len(leadingComments(raw)):], " \t\r\n")
 	if len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[') {
 		rest := trimmed[1:]
 		if nl := bytes.IndexByte(rest, '\n'); nl >= 0 {
@@ -467,6 +467,7 @@ func encodeJSON(doc *yaml.Node, raw []byte) ([]byte, error) {
 		}
 	}
 	var buf bytes.Buffer
+	buf.Write(leadingComments(raw)) // a JSON value among YAML documents may follow comments
 	if indent == "" {
 		buf.Write(js)
 	} else if err := json.Indent(&buf, js, "", indent); err != nil {
