@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -203,7 +204,7 @@ func runExplain(_ context.Context, args []string, s streams) error {
 			fmt.Fprintf(s.out, "%s\n", obj)
 			tw := tabwriter.NewWriter(s.out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "  WHAT\tWHERE\tRESULT")
-			explain(tw, plans[obj])
+			explain(tw, plans[obj], obj, d)
 			for _, w := range workloadAnnotationWarnings(obj) {
 				fmt.Fprintf(tw, "  %s\t%s\t%s\n", "warning", "-", w)
 			}
@@ -216,42 +217,71 @@ func runExplain(_ context.Context, args []string, s streams) error {
 	return nil
 }
 
-// explain writes one row per injected thing, then what was skipped and why.
-func explain(w io.Writer, p *webhook.Plan) {
+// explain writes one row per thing this pass adds, then what it kept or skipped and
+// why, then, apart, what an earlier pass recorded in the object's podmeta.io/status.
+func explain(w io.Writer, p *webhook.Plan, obj *object, d *document) {
 	row := func(what, where, result string) { fmt.Fprintf(w, "  %s\t%s\t%s\n", what, where, result) }
 	if p.Skipped != "" {
 		row("nothing", "pod", "skipped: "+p.Skipped)
+	} else {
+		statusRows(row, p.Status, "added", "mounted", "set")
+		for _, n := range p.Notes {
+			row("kept", "-", n)
+		}
+		for _, warn := range p.Warnings {
+			row("warning", "-", strings.TrimPrefix(warn, "podmeta: "))
+		}
+		if p.Empty() {
+			row("nothing", "pod", "already has everything podmeta would add")
+		}
+	}
+	text, ok := earlierRecord(obj, d)
+	if !ok {
 		return
 	}
-	st := p.Status
+	row("", "", "")
+	row("EARLIER PASS", "", "recorded in "+webhook.AnnotationStatus+" (a claim: inject keeps what the pod still shows)")
+	var st webhook.Status
+	if err := json.Unmarshal([]byte(text), &st); err != nil {
+		row("record", "-", "not a record podmeta writes: "+err.Error())
+		return
+	}
+	statusRows(row, st, "recorded", "recorded mount of", "recorded")
+	for _, s := range st.Skipped {
+		row("skipped", "-", s)
+	}
+}
+
+// statusRows writes a record's additions, with the verbs given.
+func statusRows(row func(what, where, result string), st webhook.Status, added, mounted, set string) {
 	for _, c := range sortedKeys(st.Env) {
-		row("env", c, "added "+strings.Join(st.Env[c], ", "))
+		row("env", c, added+" "+strings.Join(st.Env[c], ", "))
 	}
 	if st.Volume != "" {
-		row("volume", "pod", "added "+webhook.VolumeName+" (downwardAPI)")
+		row("volume", "pod", added+" "+webhook.VolumeName+" (downwardAPI)")
 	}
 	for _, c := range st.Mounts {
-		row("mount", c, "mounted "+webhook.VolumeName+" read-only at "+st.Volume)
+		row("mount", c, mounted+" "+webhook.VolumeName+" read-only at "+st.Volume)
 	}
 	for _, c := range sortedKeys(st.EphemeralStorage) {
 		var parts []string
 		for _, k := range sortedKeys(st.EphemeralStorage[c]) {
 			parts = append(parts, k+" "+st.EphemeralStorage[c][k])
 		}
-		row("ephemeral-storage", c, "set "+strings.Join(parts, ", "))
+		row("ephemeral-storage", c, set+" "+strings.Join(parts, ", "))
 	}
 	if st.Ambassador != "" {
-		row("ambassador", webhook.AmbassadorContainerName, "added as "+st.Ambassador)
+		row("ambassador", webhook.AmbassadorContainerName, added+" as "+st.Ambassador)
 	}
-	for _, n := range p.Notes {
-		row("unchanged", "-", n)
+}
+
+// earlierRecord is the podmeta.io/status annotation the object's pod template has.
+func earlierRecord(obj *object, d *document) (string, bool) {
+	ann := field(field(at(d.node, obj.template), "metadata"), "annotations")
+	if v := field(ann, webhook.AnnotationStatus); v != nil {
+		return v.Value, true
 	}
-	for _, warn := range p.Warnings {
-		row("warning", "-", strings.TrimPrefix(warn, "podmeta: "))
-	}
-	if p.Empty() {
-		row("nothing", "pod", "already has everything podmeta would add")
-	}
+	return "", false
 }
 
 func sortedKeys[V any](m map[string]V) []string {
