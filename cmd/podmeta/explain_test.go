@@ -1,6 +1,9 @@
 package main
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -36,5 +39,35 @@ func TestExplainSeparatesThisPassFromTheRecord(t *testing.T) {
 	out, _, _ = podmeta(t, "", "explain", "-f", "testdata/commented.yaml")
 	if strings.Contains(out, "EARLIER PASS") {
 		t.Errorf("an earlier pass shown for a pod never injected:\n%s", out)
+	}
+}
+
+// Installed as kubectl-podmeta, the binary is the kubectl plugin "kubectl podmeta": the
+// same commands, and its messages name it so.
+func TestKubectlPlugin(t *testing.T) {
+	plugin := filepath.Join(t.TempDir(), "kubectl-podmeta")
+	if err := os.Symlink(binary, plugin); err != nil {
+		t.Fatal(err)
+	}
+	run := func(stdin string, args ...string) (string, string, error) {
+		cmd := exec.CommandContext(t.Context(), plugin, args...)
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		return out.String(), errOut.String(), err
+	}
+	_, stderr, _ := run("", "--help")
+	if !strings.Contains(stderr, "usage: kubectl podmeta COMMAND") || !strings.Contains(stderr, "uninject") {
+		t.Errorf("help: %q", stderr)
+	}
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n"
+	out, stderr, err := run(pod, "inject", "-f", "-")
+	if err != nil || !strings.Contains(out, "POD_NAME") || !strings.Contains(stderr, "pod/p: env") {
+		t.Errorf("inject through the plugin: %v, %q, %q", err, out, stderr)
+	}
+	_, stderr, _ = run("", "inject", "-f", "-", "--env=bogus")
+	if !strings.HasPrefix(stderr, "kubectl podmeta: ") {
+		t.Errorf("errors do not name the plugin: %q", stderr)
 	}
 }

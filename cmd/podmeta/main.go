@@ -16,6 +16,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -31,7 +33,7 @@ func main() {
 	stop()
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "podmeta:", err)
+			fmt.Fprintln(os.Stderr, programName()+":", err)
 		}
 		os.Exit(1)
 	}
@@ -77,11 +79,22 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: podmeta COMMAND [flags]\n\ncommands:")
+	name := programName()
+	fmt.Fprintf(w, "usage: %s COMMAND [flags]\n\ncommands:\n", name)
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.usage)
 	}
-	fmt.Fprintln(w, "\nRun 'podmeta COMMAND -h' for a command's flags.")
+	fmt.Fprintf(w, "\nRun '%s COMMAND -h' for a command's flags.\n", name)
+}
+
+// programName is how the user called podmeta: "kubectl podmeta" when it is installed as
+// the kubectl plugin kubectl-podmeta (docs/cli.md).
+func programName() string {
+	base := strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe")
+	if plugin, ok := strings.CutPrefix(base, "kubectl-"); ok {
+		return "kubectl " + strings.ReplaceAll(plugin, "_", "-")
+	}
+	return "podmeta"
 }
 
 func runVersion(_ context.Context, args []string, s streams) error {

@@ -59,8 +59,8 @@ func writeJSON(buf *bytes.Buffer, n *yaml.Node) error {
 			if i > 0 {
 				buf.WriteByte(',')
 			}
-			k, _ := json.Marshal(resolve(n.Content[i]).Value)
-			buf.Write(k)
+			writeJSONValue(buf, resolve(n.Content[i]).Value) //nolint:errcheck // a string
+
 			buf.WriteByte(':')
 			if err := writeJSON(buf, n.Content[i+1]); err != nil {
 				return err
@@ -83,14 +83,24 @@ func writeJSON(buf *bytes.Buffer, n *yaml.Node) error {
 		if err := n.Decode(&v); err != nil {
 			return fmt.Errorf("line %d: %w", n.Line, err)
 		}
-		b, err := json.Marshal(v)
-		if err != nil {
+		if err := writeJSONValue(buf, v); err != nil {
 			return fmt.Errorf("line %d: %w", n.Line, err)
 		}
-		buf.Write(b)
 	default:
 		buf.WriteString("null")
 	}
+	return nil
+}
+
+// writeJSONValue writes v as JSON without escaping <, > and & (a command's "a && b"
+// stays as written).
+func writeJSONValue(buf *bytes.Buffer, v any) error {
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	buf.Truncate(buf.Len() - 1) // Encode's newline
 	return nil
 }
 
