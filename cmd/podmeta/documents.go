@@ -221,10 +221,14 @@ func (d *document) collect(n *yaml.Node, pointer string) {
 		return
 	}
 	meta := field(n, "metadata")
+	name := str(meta, "name")
+	if name == "" {
+		name = str(meta, "generateName") // a pod a controller creates, before the apiserver names it
+	}
 	d.objects = append(d.objects, &object{
 		pointer:   pointer,
 		kind:      kind,
-		name:      str(meta, "name"),
+		name:      name,
 		namespace: str(meta, "namespace"),
 		template:  pointer + path,
 		node:      n,
