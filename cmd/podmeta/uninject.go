@@ -69,13 +69,15 @@ type removal struct {
 }
 
 func (r *removal) summary() string {
+	var line string
 	switch {
 	case !r.record:
 		return "no podmeta status record; unchanged"
 	case len(r.removed) == 0:
-		return "removed the status record only"
+		line = "removed the status record only"
+	default:
+		line = "removed " + strings.Join(r.removed, ", ")
 	}
-	line := "removed " + strings.Join(r.removed, ", ")
 	if n := len(r.warnings); n == 1 {
 		line += "; 1 warning"
 	} else if n > 1 {
