@@ -125,6 +125,9 @@ func (e *deniedError) Error() string {
 // apply makes the plan's additions on the document's node tree: the operations the
 // webhook would send, under the template's pointer.
 func apply(d *document, obj *object, p *webhook.Plan) error {
+	if tmpl := at(d.node, obj.template); shared(tmpl) {
+		return fmt.Errorf("%s: its pod template uses YAML anchors, aliases or merge keys; adding to it would change the other places that use them: expand them first", obj)
+	}
 	for _, op := range p.Patch() {
 		value, err := valueNode(op.Value)
 		if err != nil {
@@ -150,6 +153,12 @@ func runInject(_ context.Context, args []string, s streams) error {
 	for _, d := range docs {
 		for _, obj := range d.objects {
 			p := plans[obj]
+			if !p.Empty() {
+				if err := apply(d, obj, p); err != nil {
+					return err
+				}
+				changed[d] = true
+			}
 			for _, w := range p.Warnings {
 				fmt.Fprintf(s.err, "%s: %s\n", obj, w)
 			}
@@ -159,13 +168,6 @@ func runInject(_ context.Context, args []string, s streams) error {
 			if !o.quiet {
 				fmt.Fprintf(s.err, "%s: %s\n", obj, summary(p))
 			}
-			if p.Empty() {
-				continue
-			}
-			if err := apply(d, obj, p); err != nil {
-				return err
-			}
-			changed[d] = true
 		}
 	}
 	encoded := map[*document][]byte{}

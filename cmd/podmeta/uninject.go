@@ -140,6 +140,10 @@ func uninjectObject(in *webhook.Injector, o *offlineOptions, d *document, obj *o
 		return r, nil // never injected (or the record was removed): nothing is podmeta's
 	}
 	r.record = true
+	if shared(tmpl) {
+		r.keep("everything: the pod template uses YAML anchors, aliases or merge keys, and removing from it would change the other places that use them; expand them first")
+		return r, nil
+	}
 	var st webhook.Status
 	if err := json.Unmarshal([]byte(text), &st); err != nil {
 		r.keep("everything: %s is not a record podmeta writes (%v)", webhook.AnnotationStatus, err)

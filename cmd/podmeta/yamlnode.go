@@ -55,14 +55,13 @@ func writeJSON(buf *bytes.Buffer, n *yaml.Node) error {
 	switch n.Kind {
 	case yaml.MappingNode:
 		buf.WriteByte('{')
-		for i := 0; i+1 < len(n.Content); i += 2 {
+		for i, kv := range pairs(n) {
 			if i > 0 {
 				buf.WriteByte(',')
 			}
-			writeJSONValue(buf, resolve(n.Content[i]).Value) //nolint:errcheck // a string
-
+			writeJSONValue(buf, kv.key) //nolint:errcheck // a string
 			buf.WriteByte(':')
-			if err := writeJSON(buf, n.Content[i+1]); err != nil {
+			if err := writeJSON(buf, kv.value); err != nil {
 				return err
 			}
 		}
@@ -104,18 +103,96 @@ func writeJSONValue(buf *bytes.Buffer, v any) error {
 	return nil
 }
 
-// field returns a mapping's value for key, or nil.
+// pair is a key of a mapping and its value.
+type pair struct {
+	key   string
+	value *yaml.Node
+}
+
+// isMerge reports whether a mapping key is YAML's merge key (<<: *anchor).
+func isMerge(k *yaml.Node) bool {
+	return k.Kind == yaml.ScalarNode && k.Value == "<<" && k.ShortTag() == "!!merge"
+}
+
+// pairs are a mapping's keys and values as YAML means them: the keys of merged mappings
+// (<<: *anchor, or a list of them, earlier ones first) where the merge key is, unless the
+// mapping has the key itself.
+func pairs(m *yaml.Node) []pair {
+	m = resolve(m)
+	own := map[string]bool{}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if !isMerge(m.Content[i]) {
+			own[m.Content[i].Value] = true
+		}
+	}
+	var out []pair
+	seen := map[string]bool{}
+	add := func(k string, v *yaml.Node) {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, pair{k, v})
+		}
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if !isMerge(k) {
+			add(k.Value, v)
+			continue
+		}
+		merged := []*yaml.Node{resolve(v)}
+		if r := resolve(v); r.Kind == yaml.SequenceNode {
+			merged = r.Content
+		}
+		for _, mm := range merged {
+			if mm = resolve(mm); mm == nil || mm.Kind != yaml.MappingNode {
+				continue
+			}
+			for _, kv := range pairs(mm) {
+				if !own[kv.key] {
+					add(kv.key, kv.value)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// field returns a mapping's value for key, or nil, as YAML means it (merge keys and
+// aliases followed).
 func field(m *yaml.Node, key string) *yaml.Node {
 	m = resolve(m)
 	if m == nil || m.Kind != yaml.MappingNode {
 		return nil
 	}
 	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == key {
+		if m.Content[i].Value == key && !isMerge(m.Content[i]) {
 			return resolve(m.Content[i+1])
 		}
 	}
+	for _, kv := range pairs(m) {
+		if kv.key == key {
+			return resolve(kv.value)
+		}
+	}
 	return nil
+}
+
+// shared reports whether a node, or anything in it, is shared with other places of the
+// document through YAML anchors, aliases or merge keys: editing it there would edit them
+// too, so podmeta does not.
+func shared(n *yaml.Node) bool {
+	if n == nil {
+		return false
+	}
+	if n.Kind == yaml.AliasNode || n.Anchor != "" {
+		return true
+	}
+	for i, c := range n.Content {
+		if shared(c) || (n.Kind == yaml.MappingNode && i%2 == 0 && isMerge(c)) {
+			return true
+		}
+	}
+	return false
 }
 
 // str is a mapping's string value for key, or "".

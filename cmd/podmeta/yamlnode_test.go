@@ -79,3 +79,34 @@ func TestEncodeYAMLKeepsLayout(t *testing.T) {
 		t.Errorf("got\n%s\nwant\n%s", out, in)
 	}
 }
+
+// A pod template that shares nodes through anchors, aliases or merge keys is read as YAML
+// means it, but not edited: an addition would show wherever the shared node is used.
+func TestYAMLAliases(t *testing.T) {
+	in := "x-common: &common\n  image: app:1\n  env:\n  - {name: A, value: b}\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - <<: *common\n    name: one\n    image: own:2\n"
+	doc, err := parseNode([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := nodeJSON(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := string(got[strings.Index(string(got), `"containers"`):])
+	if want := `"containers":[{"env":[{"name":"A","value":"b"}],"name":"one","image":"own:2"}]`; !strings.HasPrefix(c, want) {
+		t.Errorf("merge key: got %s, want %s", c, want)
+	}
+	if field(at(doc, "/spec/containers/0"), "env") == nil {
+		t.Error("field does not follow the merge key")
+	}
+
+	out, stderr, code := podmeta(t, in, "inject", "-f", "-")
+	if code != 1 || out != "" || !strings.Contains(stderr, "pod/p: its pod template uses YAML anchors, aliases or merge keys") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	rec := strings.Replace(in, "metadata:\n  name: p\n", "metadata:\n  name: p\n  annotations: {podmeta.io/status: '{\"env\":{\"one\":[\"A\"]}}'}\n", 1)
+	out, stderr, code = podmeta(t, rec, "uninject", "-f", "-")
+	if code != 0 || out != rec || !strings.Contains(stderr, "kept everything: the pod template uses YAML anchors") {
+		t.Errorf("uninject through an alias: exit %d, stderr %q, changed: %v", code, stderr, out != rec)
+	}
+}
