@@ -279,12 +279,12 @@ func covers(want, have any, path string) (bool, string) {
 		if !ok {
 			return false, path
 		}
-		for k, v := range w {
-			if ok, where := covers(v, h[k], path+"."+k); !ok {
+		for _, k := range sortedKeys(w) { // sorted: the same difference is named every time
+			if ok, where := covers(w[k], h[k], path+"."+k); !ok {
 				return false, where
 			}
 		}
-		for k := range h {
+		for _, k := range sortedKeys(h) {
 			if _, ok := w[k]; !ok && !defaulted[k] {
 				return false, path + "." + k
 			}

@@ -78,6 +78,9 @@ func writeJSON(buf *bytes.Buffer, n *yaml.Node) error {
 		}
 		buf.WriteByte(']')
 	case yaml.ScalarNode:
+		if n.ShortTag() == "!!timestamp" {
+			return writeJSONValue(buf, n.Value) // a string, as Kubernetes' YAML reads it
+		}
 		var v any
 		if err := n.Decode(&v); err != nil {
 			return fmt.Errorf("line %d: %w", n.Line, err)

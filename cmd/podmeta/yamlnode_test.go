@@ -110,3 +110,18 @@ func TestYAMLAliases(t *testing.T) {
 		t.Errorf("uninject through an alias: exit %d, stderr %q, changed: %v", code, stderr, out != rec)
 	}
 }
+
+// Scalars read as Kubernetes reads them (sigs.k8s.io/yaml): a date stays the string written.
+func TestNodeJSONScalars(t *testing.T) {
+	doc, err := parseNode([]byte("a: 2026-01-01\nb: 0644\nc: \"x <&> y\"\nd: ~\ne: 1.5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := nodeJSON(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"a":"2026-01-01","b":420,"c":"x <&> y","d":null,"e":1.5}`; string(got) != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
