@@ -35,6 +35,7 @@ type document struct {
 	index  int    // 1-based, within source
 	raw    []byte
 	json   bool       // written back as JSON
+	crlf   bool       // its stream's lines end in CRLF
 	node   *yaml.Node // nil: only comments or blank
 	// objects are the pod-carrying objects in the document: itself, or the items of a
 	// List (at any nesting).
@@ -129,6 +130,20 @@ func expand(path string, recursive bool) ([]string, error) {
 // readDocuments splits a stream into documents: a JSON stream (it starts with { or [)
 // into its values, YAML at its --- separators.
 func readDocuments(source string, r io.Reader) ([]*document, error) {
+	all, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	// Lines are read as LF; a stream written with CRLF gets CRLF back (writeDocuments).
+	crlf := bytes.Contains(all, []byte("\r\n"))
+	docs, err := splitDocuments(source, bytes.NewReader(all))
+	for _, d := range docs {
+		d.crlf = crlf
+	}
+	return docs, err
+}
+
+func splitDocuments(source string, r io.Reader) ([]*document, error) {
 	br := bufio.NewReader(r)
 	var docs []*document
 	if isJSON(br) {
@@ -257,12 +272,17 @@ func writeDocuments(w io.Writer, docs []*document, out func(*document) []byte) e
 		if b == nil {
 			continue
 		}
+		nl := "\n"
+		if d.crlf {
+			nl = "\r\n"
+			b = bytes.ReplaceAll(bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
+		}
 		if !first && !allJSON {
-			buf.WriteString("---\n")
+			buf.WriteString("---" + nl)
 		}
 		first = false
-		buf.Write(bytes.TrimRight(b, "\n"))
-		buf.WriteByte('\n')
+		buf.Write(bytes.TrimRight(b, "\r\n"))
+		buf.WriteString(nl)
 	}
 	_, err := w.Write(buf.Bytes())
 	return err

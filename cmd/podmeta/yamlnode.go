@@ -419,17 +419,21 @@ func encodeYAML(doc *yaml.Node, raw []byte) ([]byte, error) {
 func restoreBlankLines(raw, out []byte) []byte {
 	in := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
 	got := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
-	var res []string
+	var res, blanks []string
 	for _, e := range diffLines(in, got) {
 		switch {
 		case e.a >= 0 && e.b >= 0:
-			res = append(res, in[e.a]) // as written, comment spacing included
+			// Blank lines go after what was added where they were: podmeta appends to
+			// the end of a mapping or list, which a blank line follows.
+			res = append(append(res, blanks...), in[e.a]) // as written, comment spacing included
+			blanks = blanks[:0]
 		case e.b >= 0:
 			res = append(res, got[e.b])
 		case strings.TrimSpace(in[e.a]) == "":
-			res = append(res, in[e.a])
+			blanks = append(blanks, in[e.a])
 		}
 	}
+	res = append(res, blanks...)
 	text := []byte(strings.Join(res, "\n") + "\n")
 	if string(text) == string(out) {
 		return nil

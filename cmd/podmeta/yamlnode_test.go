@@ -125,3 +125,16 @@ func TestNodeJSONScalars(t *testing.T) {
 		t.Errorf("got %s, want %s", got, want)
 	}
 }
+
+// A manifest written on Windows keeps its CRLF line ends, and inject only adds lines.
+func TestInjectKeepsCRLF(t *testing.T) {
+	in := "# team app\r\napiVersion: v1\r\nkind: Pod\r\nmetadata:\r\n  name: p   # name\r\n\r\nspec:\r\n  containers:\r\n  - name: c\r\n    image: i\r\n"
+	out, stderr, code := podmeta(t, in, "inject", "-f", "-")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if strings.Count(out, "\n") != strings.Count(out, "\r\n") {
+		t.Errorf("mixed line ends:\n%q", out)
+	}
+	onlyAdded(t, in, out)
+}
