@@ -60,12 +60,6 @@ func parseOffline(name string, args []string, s streams) (*offlineOptions, *webh
 	return o, in, nil
 }
 
-// planned is an object with its plan.
-type planned struct {
-	*object
-	plan *webhook.Plan
-}
-
 // planAll reads every input and plans each pod-carrying object. Denials are collected,
 // so one run reports every invalid object; any denial is returned as the error.
 func planAll(in *webhook.Injector, o *offlineOptions, stdin io.Reader) ([]*document, map[*object]*webhook.Plan, error) {
