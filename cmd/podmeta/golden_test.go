@@ -32,6 +32,7 @@ func TestGoldenShapes(t *testing.T) {
 		{"inject-commented-stdin", string(commented), []string{"inject", "-f", "-"}},
 		{"inject-denied", "", []string{"inject", "-f", "testdata/invalid-list.yaml", "-f", "testdata/invalid.yaml"}},
 		{"explain-list", "", []string{"explain", "-R", "-f", "testdata/shapes"}},
+		{"explain-denied", "", []string{"explain", "-f", "testdata/invalid-list.yaml"}},
 		{"uninject-forged-record", "", []string{"uninject", "-f", "testdata/forged-record.yaml"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

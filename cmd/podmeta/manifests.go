@@ -61,31 +61,33 @@ func parseOffline(name string, args []string, s streams) (*offlineOptions, *webh
 }
 
 // planAll reads every input and plans each pod-carrying object. Denials are collected,
-// so one run reports every invalid object; any denial is returned as the error.
-func planAll(in *webhook.Injector, o *offlineOptions, stdin io.Reader) ([]*document, map[*object]*webhook.Plan, error) {
-	docs, err := readInputs(o.files, o.recursive, stdin)
+// so one run reports every invalid object: denied maps each denied object to its
+// reason, and err is a *deniedError listing them all (other errors end the run).
+func planAll(in *webhook.Injector, o *offlineOptions, stdin io.Reader) (docs []*document, plans map[*object]*webhook.Plan, denied map[*object]error, err error) {
+	docs, err = readInputs(o.files, o.recursive, stdin)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	plans := map[*object]*webhook.Plan{}
+	plans, denied = map[*object]*webhook.Plan{}, map[*object]error{}
 	var denials []error
 	for _, d := range docs {
 		for _, obj := range d.objects {
 			p, err := planObject(in, o, d, obj)
 			if err != nil {
 				if webhook.IsDenied(err) {
-					denials = append(denials, fmt.Errorf("%s: %w", obj, namingNamespaceFlag(err)))
+					denied[obj] = namingNamespaceFlag(err)
+					denials = append(denials, fmt.Errorf("%s: %w", obj, denied[obj]))
 					continue
 				}
-				return nil, nil, fmt.Errorf("%s: %s: %w", d, obj, err)
+				return nil, nil, nil, fmt.Errorf("%s: %s: %w", d, obj, err)
 			}
 			plans[obj] = p
 		}
 	}
 	if len(denials) > 0 {
-		return nil, nil, &deniedError{denials}
+		err = &deniedError{denials: denials}
 	}
-	return docs, plans, nil
+	return docs, plans, denied, err
 }
 
 func planObject(in *webhook.Injector, o *offlineOptions, d *document, obj *object) (*webhook.Plan, error) {
@@ -101,15 +103,22 @@ func planObject(in *webhook.Injector, o *offlineOptions, d *document, obj *objec
 }
 
 // deniedError lists every object the webhook would deny.
-type deniedError struct{ denials []error }
+type deniedError struct {
+	denials   []error
+	explained bool // explain wrote its tables; inject wrote nothing
+}
 
 func (e *deniedError) Error() string {
 	var b strings.Builder
 	if len(e.denials) == 1 {
-		b.WriteString("1 object would be denied; nothing written:")
+		b.WriteString("1 object would be denied")
 	} else {
-		fmt.Fprintf(&b, "%d objects would be denied; nothing written:", len(e.denials))
+		fmt.Fprintf(&b, "%d objects would be denied", len(e.denials))
 	}
+	if !e.explained {
+		b.WriteString("; nothing written")
+	}
+	b.WriteByte(':')
 	for _, err := range e.denials {
 		b.WriteString("\n  " + strings.ReplaceAll(err.Error(), "\n", "\n    "))
 	}
@@ -139,7 +148,7 @@ func runInject(_ context.Context, args []string, s streams) error {
 	if err != nil {
 		return err
 	}
-	docs, plans, err := planAll(in, o, s.in)
+	docs, plans, _, err := planAll(in, o, s.in)
 	if err != nil {
 		return err // nothing is written: half a manifest is worse than none
 	}
@@ -191,16 +200,32 @@ func runExplain(_ context.Context, args []string, s streams) error {
 	if err != nil {
 		return err
 	}
-	docs, plans, err := planAll(in, o, s.in)
-	if err != nil {
+	// Every object is explained, denied ones too (why, in their table); a denial still
+	// means exit status 1, after the tables.
+	docs, plans, denied, err := planAll(in, o, s.in)
+	var deny *deniedError
+	if err != nil && !errors.As(err, &deny) {
 		return err
+	}
+	if deny != nil {
+		deny.explained = true
 	}
 	for _, d := range docs {
 		for _, obj := range d.objects {
 			fmt.Fprintf(s.out, "%s\n", obj)
 			tw := tabwriter.NewWriter(s.out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "  WHAT\tWHERE\tRESULT")
-			explain(tw, plans[obj], obj, d)
+			if reason, ok := denied[obj]; ok {
+				for i, line := range strings.Split(reason.Error(), "\n") {
+					what := "denied"
+					if i > 0 {
+						what = ""
+					}
+					fmt.Fprintf(tw, "  %s\t%s\t%s\n", what, "pod", line)
+				}
+			} else {
+				explain(tw, plans[obj], obj, d)
+			}
 			for _, w := range workloadAnnotationWarnings(obj) {
 				fmt.Fprintf(tw, "  %s\t%s\t%s\n", "warning", "-", w)
 			}
@@ -210,7 +235,7 @@ func runExplain(_ context.Context, args []string, s streams) error {
 			fmt.Fprintln(s.out)
 		}
 	}
-	return nil
+	return err
 }
 
 // explain writes one row per thing this pass adds, then what it kept or skipped and
