@@ -182,8 +182,8 @@ func TestInjectMatchesWebhookPatch(t *testing.T) {
 				t.Fatalf("%v\n%s", err, out)
 			}
 			var a, b any
-			json.Unmarshal(want, &a) //nolint:errcheck // both were just produced
-			json.Unmarshal(got, &b)  //nolint:errcheck
+			json.Unmarshal(want, &a)
+			json.Unmarshal(got, &b)
 			if !reflect.DeepEqual(a, b) {
 				t.Errorf("the CLI's output differs from the patched pod:\n%s\nwant\n%s", got, want)
 			}
@@ -230,7 +230,7 @@ func readGoldenCase(t *testing.T, path string) goldenCase {
 			meta := field(root(d.node), "metadata")
 			c.namespace = str(meta, "name")
 			js, _ := nodeJSON(field(meta, "annotations"))
-			json.Unmarshal(js, &c.nsAnn) //nolint:errcheck // absent: none
+			json.Unmarshal(js, &c.nsAnn)
 		case "Pod":
 			c.doc = d
 			if c.podJSON, err = nodeJSON(d.node); err != nil {

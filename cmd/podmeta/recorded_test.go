@@ -133,8 +133,8 @@ func TestUninjectAfterApiserverDefaults(t *testing.T) {
 		t.Fatalf("exit %d; kept some of podmeta's additions:\n%s", code, stderr)
 	}
 	var a, b any
-	json.Unmarshal(input, &a)        //nolint:errcheck // JSON
-	json.Unmarshal([]byte(back), &b) //nolint:errcheck
+	json.Unmarshal(input, &a)
+	json.Unmarshal([]byte(back), &b)
 	if ja, _ := json.Marshal(a); !bytes.Equal(ja, mustJSON(b)) {
 		t.Errorf("uninject after defaults is not the input:\n%s", back)
 	}

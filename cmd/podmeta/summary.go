@@ -109,26 +109,25 @@ func namingNamespaceFlag(err error) error {
 // rewriteAnnotationErrors rewrites each *webhook.AnnotationError of source in err (a
 // joined error or a chain of them); the rest of the message is kept.
 func rewriteAnnotationErrors(err error, source string, msg func(*webhook.AnnotationError) string) error {
-	if err == nil {
+	// The error itself, not what it wraps, is matched: each level of the chain is rebuilt.
+	switch e := err.(type) { //nolint:errorlint // see above
+	case nil:
 		return nil
-	}
-	var ae *webhook.AnnotationError
-	if errors.As(err, &ae) && err == error(ae) {
-		if ae.Source == source {
-			return errors.New(msg(ae))
+	case *webhook.AnnotationError:
+		if e.Source == source {
+			return errors.New(msg(e))
 		}
 		return err
-	}
-	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+	case interface{ Unwrap() []error }:
 		var out []error
-		for _, e := range joined.Unwrap() {
-			out = append(out, rewriteAnnotationErrors(e, source, msg))
+		for _, inner := range e.Unwrap() {
+			out = append(out, rewriteAnnotationErrors(inner, source, msg))
 		}
 		return errors.Join(out...)
 	}
 	if inner := errors.Unwrap(err); inner != nil {
 		rewritten := rewriteAnnotationErrors(inner, source, msg)
-		if rewritten != inner {
+		if rewritten.Error() != inner.Error() {
 			prefix, _ := strings.CutSuffix(err.Error(), inner.Error())
 			return fmt.Errorf("%s%w", prefix, rewritten)
 		}

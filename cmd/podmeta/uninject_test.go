@@ -62,8 +62,8 @@ func TestUninjectRoundTripGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			var a, b any
-			json.Unmarshal(c.podJSON, &a) //nolint:errcheck // both are JSON
-			json.Unmarshal(got, &b)       //nolint:errcheck
+			json.Unmarshal(c.podJSON, &a)
+			json.Unmarshal(got, &b)
 			if !reflect.DeepEqual(a, b) {
 				t.Errorf("uninject(inject(input)) differs from the input:\n%s\nwant\n%s\ninjected:\n%s", got, c.podJSON, injected)
 			}

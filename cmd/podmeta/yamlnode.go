@@ -360,7 +360,7 @@ func detectLayout(raw []byte) layout {
 	lines := strings.Split(string(raw), "\n")
 	indentOf := func(s string) int { return len(s) - len(strings.TrimLeft(s, " ")) }
 	foundIndent, foundSeq := false, false
-	for i := 0; i+1 < len(lines) && !(foundIndent && foundSeq); i++ {
+	for i := 0; i+1 < len(lines) && (!foundIndent || !foundSeq); i++ {
 		line := strings.TrimRight(lines[i], " ")
 		t := strings.TrimSpace(line)
 		if t == "" || strings.HasPrefix(t, "#") || !strings.HasSuffix(t, ":") || strings.HasPrefix(t, "- ") {
@@ -504,11 +504,12 @@ func diffLines(a, b []string) []edit {
 		get := func(k int) int { return snap[k+d+1] }
 		k := x - y
 		var prevK int
-		if d == 0 {
+		switch {
+		case d == 0:
 			prevK = 0
-		} else if k == -d || (k != d && get(k-1) < get(k+1)) {
+		case k == -d || (k != d && get(k-1) < get(k+1)):
 			prevK = k + 1
-		} else {
+		default:
 			prevK = k - 1
 		}
 		prevX := 0
