@@ -221,6 +221,12 @@ func newDocument(source string, n int, raw []byte, isJSON bool) (*document, erro
 // API returns), lists within lists included.
 func (d *document) collect(n *yaml.Node, pointer string) {
 	n = resolve(n)
+	if n != nil && n.Kind == yaml.SequenceNode && pointer == "" {
+		for i, item := range n.Content { // a JSON array of objects
+			d.collect(item, "/"+strconv.Itoa(i))
+		}
+		return
+	}
 	if n == nil || n.Kind != yaml.MappingNode {
 		return
 	}

@@ -301,3 +301,16 @@ func TestWorkloadMetadataAnnotationsWarn(t *testing.T) {
 		t.Errorf("explain does not warn:\n%s", out)
 	}
 }
+
+// A JSON array of objects is read as the objects.
+func TestInjectJSONArray(t *testing.T) {
+	in := `[{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}},{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"i"}]}}]`
+	out, stderr, code := podmeta(t, in, "inject", "-f", "-")
+	if code != 0 || !strings.Contains(stderr, "pod/p: env ×") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var objs []corev1.Pod
+	if err := json.Unmarshal([]byte(out), &objs); err != nil || len(objs) != 2 || len(objs[1].Spec.Containers[0].Env) == 0 {
+		t.Errorf("the array's pod was not injected (%v):\n%s", err, out)
+	}
+}
