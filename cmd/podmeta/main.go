@@ -53,7 +53,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"webhook", "serve the mutating admission webhook", runWebhook},
-		{"inject", "mutate Pods and workload pod templates in YAML manifests offline", runInject},
+		{"inject", "mutate Pods and workload pod templates in YAML or JSON manifests offline", runInject},
 		{"explain", "show per pod what would be injected, what would be skipped and why", runExplain},
 		{"uninject", "remove what podmeta added to Pods and pod templates, as their status record says", runUninject},
 		{"version", "print the version", runVersion},
@@ -82,7 +82,7 @@ func usage(w io.Writer) {
 	name := programName()
 	fmt.Fprintf(w, "usage: %s COMMAND [flags]\n\ncommands:\n", name)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.usage)
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.usage)
 	}
 	fmt.Fprintf(w, "\nRun '%s COMMAND -h' for a command's flags.\n", name)
 }

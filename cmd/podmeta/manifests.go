@@ -28,6 +28,10 @@ func parseOffline(name string, args []string, s streams) (*offlineOptions, *webh
 	o := &offlineOptions{cfg: webhook.DefaultConfig()}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(s.err)
+	fs.Usage = func() {
+		fmt.Fprintf(s.err, "usage: %s %s -f FILE|DIR|- [-f …] [-R] [flags]\n\nflags:\n", programName(), name)
+		fs.PrintDefaults()
+	}
 	fs.Func("f", "manifest file, directory (its .yaml, .yml and .json files) or - for standard input; repeatable", func(v string) error {
 		o.files = append(o.files, v)
 		return nil
@@ -50,7 +54,7 @@ func parseOffline(name string, args []string, s streams) (*offlineOptions, *webh
 		return nil, nil, err
 	}
 	if len(o.files) == 0 || fs.NArg() > 0 {
-		return nil, nil, errors.New("usage: podmeta " + name + " -f FILE|DIR|- [-R] [flags]; see -h")
+		return nil, nil, errors.New("usage: " + programName() + " " + name + " -f FILE|DIR|- [-R] [flags]; see -h")
 	}
 	// Offline there is no apiserver to ask; "auto" assumes a current cluster (>= 1.29).
 	in, err := webhook.NewInjector(o.cfg, o.cfg.UseNativeSidecar(true))
