@@ -1,0 +1,194 @@
+package policy
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// lit is a CEL string literal of s.
+func lit(s string) string { return strconv.Quote(s) }
+
+// litList is a CEL list literal of strings.
+func litList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = lit(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// template turns an object the engine builds into a CEL literal of the typed Object
+// the apiserver's JSONPatch mutations take (Object.spec.containers.env{…}): the engine
+// builds it with sentinel values where the pod decides (a container's name, the mount
+// path, the ambassador's port), and holes maps each sentinel to the CEL expression
+// that replaces it, inside strings or as a whole integer.
+type template struct {
+	holes map[string]string // sentinel text → CEL string expression
+	ints  map[int64]string  // sentinel integer → CEL int expression
+}
+
+// mapFields are the fields whose JSON objects are maps, not structs (a ResourceList):
+// they become CEL maps.
+var mapFields = map[string]bool{"requests": true, "limits": true}
+
+// literal renders v (any value encoding/json marshals) as a CEL value whose objects
+// are typed as typ, e.g. "Object.spec.containers.env".
+func (tp template) literal(v any, typ string) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only the engine's own objects are rendered
+	}
+	var x any
+	d := json.NewDecoder(strings.NewReader(string(b)))
+	d.UseNumber()
+	if err := d.Decode(&x); err != nil {
+		panic(err)
+	}
+	return tp.value(x, typ, false)
+}
+
+func (tp template) value(x any, typ string, asMap bool) string {
+	switch x := x.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, 0, len(keys))
+		for _, k := range keys {
+			if asMap {
+				parts = append(parts, lit(k)+": "+tp.value(x[k], typ, false))
+				continue
+			}
+			parts = append(parts, k+": "+tp.value(x[k], typ+"."+k, mapFields[k]))
+		}
+		if asMap {
+			return "{" + strings.Join(parts, ", ") + "}"
+		}
+		return typ + "{" + strings.Join(parts, ", ") + "}"
+	case []any:
+		parts := make([]string, len(x))
+		for i, e := range x {
+			parts[i] = tp.value(e, typ, false)
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	case string:
+		return tp.str(x)
+	case json.Number:
+		n, err := x.Int64()
+		if err != nil {
+			panic(fmt.Sprintf("non-integer %s in an engine object", x))
+		}
+		if e, ok := tp.ints[n]; ok {
+			return e
+		}
+		return x.String()
+	case bool:
+		return strconv.FormatBool(x)
+	case nil:
+		return "null"
+	}
+	panic(fmt.Sprintf("unexpected %T", x))
+}
+
+// str renders s, with every sentinel in it replaced by its expression.
+func (tp template) str(s string) string {
+	var parts []string
+	for s != "" {
+		at, hole := -1, ""
+		for h := range tp.holes {
+			if i := strings.Index(s, h); i >= 0 && (at < 0 || i < at) {
+				at, hole = i, h
+			}
+		}
+		if at < 0 {
+			parts = append(parts, lit(s))
+			break
+		}
+		if at > 0 {
+			parts = append(parts, lit(s[:at]))
+		}
+		parts = append(parts, "("+tp.holes[hole]+")")
+		s = s[at+len(hole):]
+	}
+	if len(parts) == 0 {
+		return `""`
+	}
+	return strings.Join(parts, " + ")
+}
+
+// unbind rewrites every cel.bind(name, value, expr) in a CEL expression into
+// [value].map(name, expr)[0]: the apiserver's environment has no cel.bind (the
+// bindings extension), and a one-element map binds the same name to the same value.
+func unbind(s string) string {
+	const call = "cel.bind("
+	var b strings.Builder
+	for {
+		i := indexOutsideStrings(s, call)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		args, end := splitArgs(s[i+len(call):])
+		if len(args) != 3 {
+			panic("policy: cel.bind with " + strconv.Itoa(len(args)) + " arguments")
+		}
+		b.WriteString("[" + unbind(args[1]) + "].map(" + strings.TrimSpace(args[0]) + ", " + unbind(args[2]) + ")[0]")
+		s = s[i+len(call)+end:]
+	}
+}
+
+// indexOutsideStrings is strings.Index of sub in s, outside CEL string literals.
+func indexOutsideStrings(s, sub string) int {
+	var quote byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quote != 0 && c == '\\':
+			i++
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote != 0:
+		case c == '\'' || c == '"':
+			quote = c
+		case strings.HasPrefix(s[i:], sub):
+			return i
+		}
+	}
+	return -1
+}
+
+// splitArgs splits the arguments of a call whose "(" was just before s, returning them
+// and the offset just past the closing ")".
+func splitArgs(s string) ([]string, int) {
+	var args []string
+	var quote byte
+	depth, start := 0, 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quote != 0 && c == '\\':
+			i++
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote != 0:
+		case c == '\'' || c == '"':
+			quote = c
+		case c == '(' || c == '[' || c == '{':
+			depth++
+		case (c == ')' || c == ']' || c == '}') && depth > 0:
+			depth--
+		case c == ')':
+			return append(args, s[start:i]), i + 1
+		case c == ',' && depth == 0:
+			args = append(args, s[start:i])
+			start = i + 1
+		}
+	}
+	panic("policy: unbalanced cel.bind")
+}
