@@ -95,7 +95,7 @@ func mutate(t *testing.T, mp *admissionregistrationv1.MutatingAdmissionPolicy, p
 		}
 		out, err := patch.NewJSONPatcher(ev).Patch(ctx, patch.Request{
 			MatchedResource: podGVR, VersionedAttributes: va, ObjectInterfaces: o, Namespace: ns,
-		}, celconfig.RuntimeCELCostBudget)
+		}, mutationBudget)
 		if err != nil {
 			return nil, fmt.Errorf("mutation %d: %w", i, err)
 		}
@@ -217,6 +217,9 @@ func admit(t *testing.T, pols *Policies, p *corev1.Pod, ns *corev1.Namespace) (*
 	msg, err := validate(t, pols.Validating, p, ns)
 	return p, msg, err
 }
+
+// mutationBudget is the runtime CEL cost budget of one mutation: the apiserver's.
+var mutationBudget int64 = celconfig.RuntimeCELCostBudget
 
 // compiledMAP is a MAP compiled as the apiserver compiles it, once per policy.
 type compiledMAP struct {

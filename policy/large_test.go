@@ -46,3 +46,41 @@ func TestLargePodWithinBudget(t *testing.T) {
 		t.Errorf("last container has %d env vars, want 15 keys + PODMETA_API_URL + its own", n)
 	}
 }
+
+// runtimeCost is the smallest runtime CEL cost budget within which the MAP injects p:
+// what the apiserver's cost tracking charges it.
+func runtimeCost(t *testing.T, pols *Policies, p *corev1.Pod) int64 {
+	t.Helper()
+	defer func(b int64) { mutationBudget = b }(mutationBudget)
+	lo, hi := int64(0), mutationBudget
+	for lo+1 < hi {
+		mutationBudget = (lo + hi) / 2
+		if _, err := mutate(t, pols.Mutating, p, demoNamespace()); err != nil {
+			lo = mutationBudget
+		} else {
+			hi = mutationBudget
+		}
+	}
+	return hi
+}
+
+// The runtime cost of the mutation, against the apiserver's budget (10,000,000 per
+// mutation, celconfig.RuntimeCELCostBudget): a typical pod and a 200-container one.
+func TestRuntimeCost(t *testing.T) {
+	pols := rendered(t, nil)
+	typical := demoPod(map[string]string{webhook.AnnotationAmbassador: "true"},
+		corev1.Container{Name: "app", Image: "app:1"}, corev1.Container{Name: "proxy", Image: "proxy:1"})
+	var cs []corev1.Container
+	for i := range 200 {
+		cs = append(cs, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: "app:1", Env: []corev1.EnvVar{{Name: "OWN", Value: "x"}}})
+	}
+	large := demoPod(map[string]string{webhook.AnnotationEnv: "all", webhook.AnnotationAmbassador: "true"}, cs...)
+	small, big := runtimeCost(t, pols, typical), runtimeCost(t, pols, large)
+	t.Logf("runtime CEL cost of the mutation: typical pod %d, 200 containers with every env key %d, budget %d", small, big, mutationBudget)
+	if big > mutationBudget/2 {
+		t.Errorf("a 200-container pod costs %d, more than half the budget %d", big, mutationBudget)
+	}
+	if small >= big {
+		t.Errorf("the cost does not grow with the pod (%d, %d): is it measured?", small, big)
+	}
+}
