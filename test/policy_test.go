@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
@@ -154,6 +155,9 @@ func TestPolicyDifferential(t *testing.T) {
 				}
 				if !strings.Contains(werr.Error(), "podmeta.io/") {
 					t.Skipf("the apiserver cannot create it: %v", werr)
+				}
+				if !apierrors.IsForbidden(perr) || strings.Contains(perr.Error(), "\n") {
+					t.Errorf("the policy's denial is not one line with reason Forbidden: %v", perr)
 				}
 				for _, head := range annotationHeads(werr.Error()) {
 					if !strings.Contains(perr.Error(), head) {
@@ -332,5 +336,34 @@ func TestPolicyReinvocation(t *testing.T) {
 	i := slices.IndexFunc(got.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == webhook.VolumeName })
 	if i < 0 || !slices.ContainsFunc(got.Spec.Volumes[i].DownwardAPI.Items, func(f corev1.DownwardAPIVolumeFile) bool { return f.Path == "containers/late/cpu_request_millicores" }) {
 		t.Errorf("the metadata volume has no files for the late container")
+	}
+}
+
+// The policies' opt-in is the webhook's: only selected namespaces, not a pod labelled
+// podmeta.io/inject=disabled, not a mirror pod, not a pod annotated inject "false".
+func TestPolicyOptIn(t *testing.T) {
+	installPolicies(t)
+	on := namespace(t, map[string]string{policyLabel: "enabled"}, nil)
+	off := namespace(t, map[string]string{"unrelated": "yes"}, nil)
+	disabled := pod("label-disabled", nil)
+	disabled.Labels = map[string]string{webhook.LabelInject: "disabled"}
+	mirror := pod("mirror", map[string]string{webhook.AnnotationMirrorPod: "x"})
+	mirror.Spec.NodeName = "node-1" // the apiserver requires it of a mirror pod
+	for _, c := range []struct {
+		ns   string
+		p    *corev1.Pod
+		want bool
+	}{
+		{on, pod("plain", nil), true},
+		{off, pod("plain", nil), false},
+		{on, disabled, false},
+		{on, mirror, false},
+		{on, pod("annotated-false", map[string]string{webhook.AnnotationInject: " False "}), false},
+		{on, pod("invalid-but-opted-out", map[string]string{webhook.AnnotationInject: "false", webhook.AnnotationEnv: "NOPE"}), false},
+	} {
+		got := create(t, c.ns, c.p)
+		if injected(got) != c.want || (len(got.Spec.Containers[0].Env) > 0) != c.want {
+			t.Errorf("%s/%s: injected %v, want %v", c.ns, c.p.Name, injected(got), c.want)
+		}
 	}
 }
