@@ -1,7 +1,10 @@
 // Command demo is `make demo`: a real local control plane (etcd + kube-apiserver built
 // from source), podmeta's real binary behind its shipped webhook configuration, an
-// opted-in namespace, and sample pods with a readable account of what each one got.
-// DEMO_KEEP=1 leaves everything running and prints a kubeconfig for kubectl.
+// opted-in namespace, and sample pods with a readable account of what each one got;
+// then the same sample pods in policy mode (docs/policy.md): the webhook gone, the
+// policies podmeta policy renders doing the injection inside the apiserver.
+// -mode=webhook or -mode=policy runs one mode only. DEMO_KEEP=1 leaves everything
+// running (in the last mode shown) and prints a kubeconfig for kubectl.
 package main
 
 import (
@@ -19,13 +22,16 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/podmeta/podmeta/policy"
 	"github.com/podmeta/podmeta/test/harness"
 	"github.com/podmeta/podmeta/webhook"
 )
@@ -62,7 +68,13 @@ func (w *warnings) take() []string {
 
 func run(ctx context.Context, out io.Writer) error {
 	binary := flag.String("podmeta", filepath.Join(harness.Root(), "bin", "podmeta"), "podmeta binary (make build)")
+	mode := flag.String("mode", "both", "webhook, policy or both: which modes inject the sample pods")
 	flag.Parse()
+	switch *mode {
+	case "webhook", "policy", "both":
+	default:
+		return fmt.Errorf("-mode=%s: want webhook, policy or both", *mode)
+	}
 
 	fmt.Fprintln(out, "» starting etcd + kube-apiserver", os.Getenv("KUBEBUILDER_ASSETS"))
 	cp, err := harness.Start()
@@ -71,13 +83,13 @@ func run(ctx context.Context, out io.Writer) error {
 	}
 	defer cp.Stop()
 	fmt.Fprintln(out, "» starting podmeta webhook (certificates from envtest, failurePolicy Ignore)")
-	pm, err := cp.StartPodmeta(ctx, *binary, "--ambassador-image=ghcr.io/podmeta/ambassador:demo")
+	pm, err := cp.StartPodmeta(ctx, *binary, "--ambassador-image="+demoImage)
 	if err != nil {
 		return err
 	}
 	defer pm.Stop()
 
-	const ns = "demo"
+	ns := "demo"
 	fmt.Fprintf(out, "» kubectl label namespace %s %s=enabled\n\n", ns, webhook.LabelInject)
 	if err := cp.EnsureNamespace(ctx, ns, map[string]string{webhook.LabelInject: "enabled"}, nil); err != nil {
 		return err
@@ -90,6 +102,39 @@ func run(ctx context.Context, out io.Writer) error {
 		return err
 	}
 
+	if *mode != "policy" {
+		runSamples(ctx, out, cs, rec, ns)
+	}
+	if *mode != "webhook" {
+		ns = "demo-policy"
+		if err := policyMode(ctx, out, cp, pm, ns); err != nil {
+			return err
+		}
+		runSamples(ctx, out, cs, rec, ns)
+	}
+
+	if os.Getenv("DEMO_KEEP") == "" {
+		fmt.Fprintln(out, "» stopping podmeta and the control plane (DEMO_KEEP=1 keeps them running)")
+		return pm.Stop()
+	}
+	_, kubeconfig, err := cp.UserConfig("demo-admin", "system:masters")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "» running; try:\n    export KUBECONFIG=%s\n    kubectl get pods -n %s -o yaml\n", kubeconfig, ns)
+	if *mode == "webhook" {
+		fmt.Fprintf(out, "  podmeta metrics: http://%s/metrics\n", pm.MetricsAddr)
+	}
+	fmt.Fprintln(out, "  Ctrl-C stops everything.")
+	<-ctx.Done()
+	if err := pm.Stop(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// runSamples creates the sample pods in ns and prints what each got.
+func runSamples(ctx context.Context, out io.Writer, cs kubernetes.Interface, rec *warnings, ns string) {
 	for _, s := range samples() {
 		fmt.Fprintf(out, "━━ %s\n   %s\n", s.pod.Name, s.about)
 		for _, k := range slices.Sorted(maps.Keys(s.pod.Annotations)) {
@@ -106,22 +151,63 @@ func run(ctx context.Context, out io.Writer) error {
 		summarize(out, got)
 		fmt.Fprintln(out)
 	}
+}
 
-	if os.Getenv("DEMO_KEEP") == "" {
-		fmt.Fprintln(out, "» stopping podmeta and the control plane (DEMO_KEEP=1 keeps them running)")
-		return pm.Stop()
+// policyMode replaces the webhook with the policies podmeta policy renders from the
+// same flags, and opts ns in.
+func policyMode(ctx context.Context, out io.Writer, cp *harness.ControlPlane, pm *harness.Podmeta, ns string) error {
+	fmt.Fprintln(out, "» policy mode: stopping podmeta webhook, kubectl delete mutatingwebhookconfiguration podmeta")
+	if err := pm.Stop(); err != nil {
+		return err
 	}
-	_, kubeconfig, err := cp.UserConfig("demo-admin", "system:masters")
+	api := cp.Clientset.AdmissionregistrationV1()
+	if err := api.MutatingWebhookConfigurations().Delete(ctx, "podmeta", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	fmt.Fprintln(out, "» podmeta policy --ambassador-image=ghcr.io/podmeta/ambassador:demo | kubectl apply -f -")
+	cfg := webhook.DefaultConfig()
+	cfg.AmbassadorImage = demoImage
+	pols, err := policy.Render(cfg)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "» running; try:\n    export KUBECONFIG=%s\n    kubectl get pods -n %s -o yaml\n  podmeta metrics: http://%s/metrics\n  Ctrl-C stops everything.\n", kubeconfig, ns, pm.MetricsAddr)
-	<-ctx.Done()
-	if err := pm.Stop(); err != nil && !errors.Is(err, context.Canceled) {
+	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, pols.Validating, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	return nil
+	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, pols.ValidatingBinding, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if _, err := api.MutatingAdmissionPolicies().Create(ctx, pols.Mutating, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if _, err := api.MutatingAdmissionPolicyBindings().Create(ctx, pols.MutatingBinding, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "» kubectl label namespace %s %s=enabled   (no warnings in policy mode: docs/policy.md)\n\n", ns, webhook.LabelInject)
+	if err := cp.EnsureNamespace(ctx, ns, map[string]string{webhook.LabelInject: "enabled"}, nil); err != nil {
+		return err
+	}
+	// The policies reach the apiserver's cache asynchronously: wait until both act.
+	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	probe := func(ann map[string]string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe", Annotations: ann}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "c"}}}}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := cp.Clientset.CoreV1().Pods(ns).Create(ctx, probe(nil), dry)
+		_, denyErr := cp.Clientset.CoreV1().Pods(ns).Create(ctx, probe(map[string]string{webhook.AnnotationEnv: "NOPE"}), dry)
+		if err == nil && got.Annotations[webhook.AnnotationStatus] != "" && denyErr != nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the policies do not act after 30s (%v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
+
+// demoImage is the ambassador image of both modes.
+const demoImage = "ghcr.io/podmeta/ambassador:demo"
 
 type sample struct {
 	about string
