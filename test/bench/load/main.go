@@ -50,6 +50,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/podmeta/podmeta/policy"
 	"github.com/podmeta/podmeta/test/harness"
 	"github.com/podmeta/podmeta/webhook"
 )
@@ -706,10 +707,15 @@ func throughAPIServer(o options) error {
 		return err
 	}
 	defer pm.Stop()
-	arms := []struct{ ns, name string }{{"without", "no webhook"}, {"floor", "no-op webhook (floor)"}, {"baseline", "same injection, usual way (baseline)"}, {"with-podmeta", "podmeta"}}
+	arms := []struct{ ns, name string }{{"without", "no webhook"}, {"policy", "podmeta policy mode (no webhook)"}, {"floor", "no-op webhook (floor)"}, {"baseline", "same injection, usual way (baseline)"}, {"with-podmeta", "podmeta"}}
+	if err := installPolicyMode(ctx, cp); err != nil {
+		return err
+	}
 	for _, a := range arms {
 		labels := map[string]string{}
 		switch a.ns {
+		case "policy":
+			labels[benchPolicyLabel] = "enabled"
 		case "floor", "baseline":
 			s, err := registerBenchServer(ctx, cp, server, a.ns)
 			if err != nil {
@@ -739,6 +745,8 @@ func throughAPIServer(o options) error {
 	none := med("without")
 	fmt.Printf("\nMedian over the rounds of each p50, added to a pod creation over no webhook: **podmeta %.2f ms**; no-op webhook %.2f ms; the same injection the usual way %.2f ms.\n\n",
 		med("with-podmeta")-none, med("floor")-none, med("baseline")-none)
+	policy, podmeta := med("policy")-none, med("with-podmeta")-none
+	fmt.Printf("Policy mode (docs/policy.md) adds **%.2f ms**, %.0f%% of what the podmeta webhook adds (target: at most a third).\n\n", policy, 100*policy/podmeta)
 	// The apiserver's own timing of each call: request encoding, the round trip, and
 	// applying the patch (apiserver_admission_webhook_admission_duration_seconds).
 	if m, err := cp.Clientset.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx); err == nil {
@@ -768,7 +776,51 @@ func throughAPIServer(o options) error {
 	return nil
 }
 
+// installPolicyMode creates the policies podmeta policy renders from the bench's
+// flags, bound to namespaces labelled benchPolicyLabel (podmeta's webhook serves
+// podmeta.io/inject here), and waits until they act.
+func installPolicyMode(ctx context.Context, cp *harness.ControlPlane) error {
+	cfg := webhook.DefaultConfig()
+	cfg.AmbassadorImage = "registry.example.com/podmeta/ambassador:bench"
+	pols, err := policy.Render(cfg)
+	if err != nil {
+		return err
+	}
+	for _, m := range []*admissionregistrationv1.MatchResources{pols.Mutating.Spec.MatchConstraints, pols.Validating.Spec.MatchConstraints} {
+		m.NamespaceSelector.MatchExpressions[0].Key = benchPolicyLabel
+	}
+	api := cp.Clientset.AdmissionregistrationV1()
+	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, pols.Validating, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, pols.ValidatingBinding, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if _, err := api.MutatingAdmissionPolicies().Create(ctx, pols.Mutating, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	if _, err := api.MutatingAdmissionPolicyBindings().Create(ctx, pols.MutatingBinding, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	const probeNS = "policy-probe"
+	if err := cp.EnsureNamespace(ctx, probeNS, map[string]string{benchPolicyLabel: "enabled"}, nil); err != nil {
+		return err
+	}
+	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}}}
+		got, err := cp.Clientset.CoreV1().Pods(probeNS).Create(ctx, p, dry)
+		if err == nil && got.Annotations[webhook.AnnotationStatus] != "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the policies do not act after 30s (%v)", err)
+		}
+	}
+}
+
 const (
+	benchPolicyLabel   = "bench.podmeta.io/policy"
 	benchLabel         = "bench.podmeta.io/webhook"
 	benchWebhookSuffix = ".bench.podmeta.io"
 )
