@@ -449,7 +449,13 @@ func (r *renderer) mutation() (string, error) {
 			lits = append(lits, e)
 		}
 		url := webhook.PolicyAPIURL(sentPort)
-		want := "variables.envIdx.map(k, [" + strings.Join(lits, ", ") + "][k]) + (variables.amb ? [" + tpl.literal(url, typ+".env") + "] : [])"
+		// Each selected key's literal, built once (a list of all of them indexed per key
+		// would build every one per key).
+		var sel []string
+		for k, l := range lits {
+			sel = append(sel, fmt.Sprintf("(%d in variables.envIdx ? [%s] : [])", k, l))
+		}
+		want := strings.Join(sel, " + ") + " + (variables.amb ? [" + tpl.literal(url, typ+".env") + "] : [])"
 		inList := "variables.targets[t] < variables.nInit"
 		idx := "variables.targets[t]"
 		gIdx := "g"
@@ -462,10 +468,10 @@ func (r *renderer) mutation() (string, error) {
 		base := "'/spec/" + list.name + "/' + string(i)"
 		ops = append(ops,
 			// env: before the container's own, so its $(VAR) references resolve.
-			fmt.Sprintf("cel.bind(want, %s, lists.range(size(variables.targets)).filter(t, %s && size(variables.missing[t]) > 0).map(t, cel.bind(i, %s, cel.bind(vals, variables.missing[t].map(j, want[j]), "+
+			fmt.Sprintf("!variables.targets.exists(g, %s) ? [] : cel.bind(want, %s, lists.range(size(variables.targets)).filter(t, %s && size(variables.missing[t]) > 0).map(t, cel.bind(i, %s, cel.bind(vals, variables.missing[t].map(j, want[j]), "+
 				"!has(object.spec.%s[i].env) ? [JSONPatch{op: 'add', path: %s + '/env', value: vals}] : "+
 				"lists.range(size(vals)).map(j, JSONPatch{op: 'add', path: %s + '/env/' + string(j), value: vals[j]})))).flatten())",
-				want, inList, idx, list.name, base, base),
+				inListG, want, inList, idx, list.name, base, base),
 			// the metadata mount
 			fmt.Sprintf("variables.mountT.filter(g, %s).map(g, cel.bind(i, %s, cel.bind(m, %s, has(object.spec.%s[i].volumeMounts) ? "+
 				"JSONPatch{op: 'add', path: %s + '/volumeMounts/-', value: m} : JSONPatch{op: 'add', path: %s + '/volumeMounts', value: [m]})))",
@@ -480,7 +486,7 @@ func (r *renderer) mutation() (string, error) {
 		ops = append(ops, storage)
 	}
 	// The metadata volume: a new one, or the items podmeta's existing one lacks.
-	ops = slices.Insert(ops, 0, fmt.Sprintf("cel.bind(items, %s, variables.volAdd ? [has(object.spec.volumes) ? JSONPatch{op: 'add', path: '/spec/volumes/-', value: %s} : JSONPatch{op: 'add', path: '/spec/volumes', value: [%s]}] : "+
+	ops = slices.Insert(ops, 0, fmt.Sprintf("!variables.volAdd && size(variables.newItems) == 0 ? [] : cel.bind(items, %s, variables.volAdd ? [has(object.spec.volumes) ? JSONPatch{op: 'add', path: '/spec/volumes/-', value: %s} : JSONPatch{op: 'add', path: '/spec/volumes', value: [%s]}] : "+
 		"size(variables.newItems) == 0 ? [] : cel.bind(p, '/spec/volumes/' + string(variables.volIdx) + '/downwardAPI/items', cel.bind(add, variables.newItems.map(j, items[j]), "+
 		"has(object.spec.volumes[variables.volIdx].downwardAPI.items) ? add.map(x, JSONPatch{op: 'add', path: p + '/-', value: x}) : [JSONPatch{op: 'add', path: p, value: add}])))",
 		items, volume, volume))
