@@ -35,3 +35,22 @@ func BenchmarkValidateTypical(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMutateReinvoked is the MAP's second evaluation of the same pod: the apiserver
+// reinvokes a MutatingAdmissionPolicy that changed the pod (reinvocationPolicy
+// IfNeeded), and the second pass adds nothing.
+func BenchmarkMutateReinvoked(b *testing.B) {
+	t := &testing.T{}
+	pols := rendered(t, nil)
+	p := demoPod(nil, corev1.Container{Name: "app", Image: "app:1"}, corev1.Container{Name: "proxy", Image: "proxy:1"})
+	ns := demoNamespace()
+	once, err := mutate(t, pols.Mutating, p, ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := mutate(t, pols.Mutating, once, ns); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -468,10 +468,10 @@ func (r *renderer) mutation() (string, error) {
 		base := "'/spec/" + list.name + "/' + string(i)"
 		ops = append(ops,
 			// env: before the container's own, so its $(VAR) references resolve.
-			fmt.Sprintf("!variables.targets.exists(g, %s) ? [] : cel.bind(want, %s, lists.range(size(variables.targets)).filter(t, %s && size(variables.missing[t]) > 0).map(t, cel.bind(i, %s, cel.bind(vals, variables.missing[t].map(j, want[j]), "+
+			fmt.Sprintf("!lists.range(size(variables.targets)).exists(t, %s && size(variables.missing[t]) > 0) ? [] : cel.bind(want, %s, lists.range(size(variables.targets)).filter(t, %s && size(variables.missing[t]) > 0).map(t, cel.bind(i, %s, cel.bind(vals, variables.missing[t].map(j, want[j]), "+
 				"!has(object.spec.%s[i].env) ? [JSONPatch{op: 'add', path: %s + '/env', value: vals}] : "+
 				"lists.range(size(vals)).map(j, JSONPatch{op: 'add', path: %s + '/env/' + string(j), value: vals[j]})))).flatten())",
-				inListG, want, inList, idx, list.name, base, base),
+				inList, want, inList, idx, list.name, base, base),
 			// the metadata mount
 			fmt.Sprintf("variables.mountT.filter(g, %s).map(g, cel.bind(i, %s, cel.bind(m, %s, has(object.spec.%s[i].volumeMounts) ? "+
 				"JSONPatch{op: 'add', path: %s + '/volumeMounts/-', value: m} : JSONPatch{op: 'add', path: %s + '/volumeMounts', value: [m]})))",
