@@ -56,6 +56,7 @@ func commands() []command {
 		{"inject", "mutate Pods and workload pod templates in YAML or JSON manifests offline", runInject},
 		{"explain", "show per pod what would be injected, what would be skipped and why", runExplain},
 		{"uninject", "remove what podmeta added to Pods and pod templates, as their status record says", runUninject},
+		{"policy", "render the injection as a MutatingAdmissionPolicy and a ValidatingAdmissionPolicy (Kubernetes >= 1.36)", runPolicy},
 		{"version", "print the version", runVersion},
 	}
 }
