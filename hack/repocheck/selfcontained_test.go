@@ -4,7 +4,7 @@
 // clones it into an empty directory, so no tracked file may name a path above the
 // repository root — not a relative path in a script, a Go string, a Markdown link or a
 // kustomization, and not a path built at run time from the root, such as
-// filepath.Join(harness.Root(), "..", "shared"). Paths that stay inside the repository
+// filepath.Join(harness.Root(), "..", "beside"). Paths that stay inside the repository
 // (kustomize's ../rbac, a script that finds the root with "$(dirname "$0")/..") are
 // fine. The behavioural guard is .ci/run, which runs `make test` in a fresh clone with
 // nothing beside it.
@@ -125,18 +125,18 @@ func TestEscapes(t *testing.T) {
 		file, line string
 		bad        bool
 	}{
-		{"webhook/handler_test.go", `os.ReadFile("../../shared/admission-reviews/" + name)`, true},
-		{"test/bench/load/main.go", `filepath.Join(harness.Root(), "..", "shared", "x.json")`, true},
-		{"webhook/x_test.go", `filepath.Join("..", "..", "shared")`, true},
-		{"README.md", `The layout follows [DESIGN.md](../shared/DESIGN.md).`, true},
+		{"webhook/handler_test.go", `os.ReadFile("../../beside/admission-reviews/" + name)`, true},
+		{"test/bench/load/main.go", `filepath.Join(harness.Root(), "..", "beside", "x.json")`, true},
+		{"webhook/x_test.go", `filepath.Join("..", "..", "beside")`, true},
+		{"README.md", `The layout follows [DESIGN.md](../beside/DESIGN.md).`, true},
 		{"config/default/kustomization.yaml", `- ../rbac`, false},
 		{"hack/node/run.sh", `cd "$(dirname "$0")/../.."`, false},
 		{"webhook/x_test.go", `os.ReadFile("../charts/podmeta/values.schema.json")`, false},
 		{"test/harness/harness.go", `filepath.Join(filepath.Dir(file), "..", "..")`, false},
 		{"test/x.go", `filepath.Join(Root(), "config", "webhook")`, false},
 		{"docs/a.md", `see [the README](../README.md)`, false},
-		{"docs/a.md", "The bodies are in `../shared/admission-reviews`.", true},
-		{"webhook/x_test.go", `// the reviews in ../../shared/admission-reviews`, true},
+		{"docs/a.md", "The bodies are in `../beside/admission-reviews`.", true},
+		{"webhook/x_test.go", `// the reviews in ../../beside/admission-reviews`, true},
 		{"webhook/x_test.go", `// testdata/x is read from ../charts`, false},
 	} {
 		if got := len(escapes(c.file, c.line)) > 0; got != c.bad {
