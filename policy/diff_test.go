@@ -14,7 +14,7 @@ import (
 // TestGoldenDifferential admits every golden input of the engine through the rendered
 // policies, run by the apiserver's own CEL code, and through the engine: the pods must
 // be identical, apart from the documented differences of the status record
-// (normalizeStatus), and a pod the engine denies must be denied by the VAP with a
+// (ExpectedRecord), and a pod the engine denies must be denied by the VAP with a
 // message that names the same annotations and values.
 func TestGoldenDifferential(t *testing.T) {
 	for _, c := range readGoldens(t) {
@@ -43,7 +43,9 @@ func TestGoldenDifferential(t *testing.T) {
 			if denied != "" {
 				t.Fatalf("the policies deny a pod the webhook admits: %s", denied)
 			}
-			normalizeStatus(t, want, p)
+			if err := ExpectedRecord(want, p); err != nil {
+				t.Fatal(err)
+			}
 			if diff := cmp.Diff(podJSON(t, want), podJSON(t, got)); diff != "" {
 				t.Errorf("policy mode differs from the webhook (-webhook +policy):\n%s", diff)
 			}
@@ -80,35 +82,6 @@ func roundTrip(t *testing.T, p *corev1.Pod) *corev1.Pod {
 		t.Fatal(err)
 	}
 	return &out
-}
-
-// normalizeStatus turns the engine's record into what policy mode writes: the
-// documented differences (docs/policy.md) are that policy mode records no "skipped"
-// (it cannot warn), and that it leaves a record the pod already has as it is (CEL has
-// no JSON parser to verify and merge it).
-func normalizeStatus(t *testing.T, p, before *corev1.Pod) {
-	t.Helper()
-	if text, ok := before.Annotations[webhook.AnnotationStatus]; ok {
-		// A pod that has a record keeps it as it is, with its podmeta.io/injected.
-		p.Annotations[webhook.AnnotationStatus] = text
-		if inj, ok := before.Annotations[webhook.AnnotationInjected]; ok {
-			p.Annotations[webhook.AnnotationInjected] = inj
-		} else {
-			delete(p.Annotations, webhook.AnnotationInjected)
-		}
-		return
-	}
-	text, ok := p.Annotations[webhook.AnnotationStatus]
-	if !ok {
-		return
-	}
-	var st webhook.Status
-	if err := json.Unmarshal([]byte(text), &st); err != nil {
-		t.Fatal(err)
-	}
-	st.Skipped = nil
-	b, _ := json.Marshal(st)
-	p.Annotations[webhook.AnnotationStatus] = string(b)
 }
 
 // checkSameDenial checks that the VAP's message names every annotation key and value

@@ -1,21 +1,15 @@
 package policy
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
-	"errors"
 	"flag"
-	"io"
-	"os"
+	"github.com/podmeta/podmeta/internal/golden"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 
 	"github.com/podmeta/podmeta/webhook"
 )
@@ -51,43 +45,13 @@ func readGoldens(t *testing.T) []goldenCase {
 
 func readGolden(t *testing.T, path string) goldenCase {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	in, err := golden.Read(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := goldenCase{name: strings.TrimSuffix(filepath.Base(path), ".yaml")}
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if flags, ok := strings.CutPrefix(string(bytes.TrimSpace(doc)), "# config:"); ok {
-			line, _, _ := strings.Cut(flags, "\n")
-			c.flags = strings.Fields(line)
-		}
-		js, err := yaml.YAMLToJSON(doc)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		var meta metav1.TypeMeta
-		_ = json.Unmarshal(js, &meta)
-		switch meta.Kind {
-		case "Namespace":
-			c.ns = &corev1.Namespace{}
-			if err := json.Unmarshal(js, c.ns); err != nil {
-				t.Fatal(err)
-			}
-		case "Pod":
-			c.raw = js
-			c.pod = &corev1.Pod{}
-			if err := json.Unmarshal(js, c.pod); err != nil {
-				t.Fatal(err)
-			}
-		}
+	c := goldenCase{name: strings.TrimSuffix(filepath.Base(path), ".yaml"), flags: in.Flags, ns: in.Namespace, raw: in.Pod}
+	if c.pod, err = in.TypedPod(); err != nil {
+		t.Fatal(err)
 	}
 	if c.ns == nil {
 		ns := c.pod.Namespace

@@ -1,16 +1,12 @@
 package test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"os"
+	"github.com/podmeta/podmeta/internal/golden"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -23,8 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 
 	"github.com/podmeta/podmeta/policy"
 	"github.com/podmeta/podmeta/test/harness"
@@ -170,7 +164,9 @@ func TestPolicyDifferential(t *testing.T) {
 			if perr != nil {
 				t.Fatalf("the policies deny a pod the webhook admits: %v", perr)
 			}
-			expectPolicyStatus(t, want, c.pod)
+			if err := policy.ExpectedRecord(want, c.pod); err != nil {
+				t.Fatal(err)
+			}
 			if diff := cmp.Diff(comparable(t, want), comparable(t, got)); diff != "" {
 				t.Errorf("policy mode stores a different pod (-webhook +policy):\n%s", diff)
 			}
@@ -186,32 +182,6 @@ func TestPolicyDifferential(t *testing.T) {
 // annotationHeads are the "SOURCE annotation KEY=VALUE" parts of the webhook's denial.
 func annotationHeads(msg string) []string {
 	return regexp.MustCompile(`(pod|namespace) annotation podmeta\.io/[a-z-]+="(?:[^"\\]|\\.)*"`).FindAllString(msg, -1)
-}
-
-// expectPolicyStatus turns the webhook's record into the one policy mode writes: no
-// "skipped", and a record the pod came with kept as it was (docs/policy.md).
-func expectPolicyStatus(t *testing.T, p, input *corev1.Pod) {
-	t.Helper()
-	if text, ok := input.Annotations[webhook.AnnotationStatus]; ok {
-		p.Annotations[webhook.AnnotationStatus] = text
-		if inj, ok := input.Annotations[webhook.AnnotationInjected]; ok {
-			p.Annotations[webhook.AnnotationInjected] = inj
-		} else {
-			delete(p.Annotations, webhook.AnnotationInjected)
-		}
-		return
-	}
-	text, ok := p.Annotations[webhook.AnnotationStatus]
-	if !ok {
-		return
-	}
-	var st webhook.Status
-	if err := json.Unmarshal([]byte(text), &st); err != nil {
-		t.Fatal(err)
-	}
-	st.Skipped = nil
-	b, _ := json.Marshal(st)
-	p.Annotations[webhook.AnnotationStatus] = string(b)
 }
 
 var apiAccess = regexp.MustCompile(`kube-api-access-[a-z0-9]{5}`)
@@ -250,42 +220,16 @@ type input struct {
 // optional "# config: FLAGS" line.
 func readInput(t *testing.T, path string) input {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	in, err := golden.Read(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c input
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if flags, ok := strings.CutPrefix(string(bytes.TrimSpace(doc)), "# config:"); ok {
-			line, _, _ := strings.Cut(flags, "\n")
-			c.flags = strings.Fields(line)
-		}
-		js, err := yaml.YAMLToJSON(doc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var meta metav1.PartialObjectMetadata
-		_ = json.Unmarshal(js, &meta)
-		switch meta.Kind {
-		case "Namespace":
-			c.nsAnn = meta.Annotations
-		case "Pod":
-			c.pod = &corev1.Pod{}
-			if err := json.Unmarshal(js, c.pod); err != nil {
-				t.Fatal(err)
-			}
-		}
+	c := input{flags: in.Flags}
+	if in.Namespace != nil {
+		c.nsAnn = in.Namespace.Annotations
 	}
-	if c.pod == nil {
-		t.Fatalf("%s: no Pod", path)
+	if c.pod, err = in.TypedPod(); err != nil {
+		t.Fatal(err)
 	}
 	return c
 }

@@ -1,19 +1,15 @@
 package webhook
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"flag"
-	"io"
+	"github.com/podmeta/podmeta/internal/golden"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -105,50 +101,13 @@ func runCase(t *testing.T, c goldenCase) []byte {
 
 func readCase(t *testing.T, path string) goldenCase {
 	t.Helper()
-	f, err := os.Open(path)
+	in, err := golden.Read(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var c goldenCase
-	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if flags, ok := strings.CutPrefix(string(bytes.TrimSpace(doc)), "# config:"); ok {
-			line, _, _ := strings.Cut(flags, "\n")
-			c.flags = strings.Fields(line)
-		}
-		js, err := yaml.YAMLToJSON(doc)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		var meta struct {
-			Kind     string `json:"kind"`
-			Metadata struct {
-				Name        string            `json:"name"`
-				Annotations map[string]string `json:"annotations"`
-			} `json:"metadata"`
-		}
-		if err := yaml.Unmarshal(js, &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "Namespace":
-			c.namespace, c.nsAnn = meta.Metadata.Name, meta.Metadata.Annotations
-		case "Pod":
-			c.pod = js
-		default:
-			t.Fatalf("%s: unexpected kind %q", path, schema.GroupKind{Kind: meta.Kind})
-		}
-	}
-	if c.pod == nil {
-		t.Fatalf("%s: no Pod", path)
+	c := goldenCase{flags: in.Flags, pod: in.Pod}
+	if ns := in.Namespace; ns != nil {
+		c.namespace, c.nsAnn = ns.Name, ns.Annotations
 	}
 	return c
 }

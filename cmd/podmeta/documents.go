@@ -265,8 +265,9 @@ func (d *document) encode() ([]byte, error) {
 }
 
 // writeDocuments writes documents as a stream: JSON values one after another when all
-// are JSON, otherwise YAML documents separated by ---. out returns a document's bytes.
-func writeDocuments(w io.Writer, docs []*document, out func(*document) []byte) error {
+// are JSON, otherwise YAML documents separated by ---. A document in encoded is written
+// as encoded there; any other as it was read (unchanged).
+func writeDocuments(w io.Writer, docs []*document, encoded map[*document][]byte) error {
 	allJSON := true
 	for _, d := range docs {
 		allJSON = allJSON && d.json
@@ -274,7 +275,10 @@ func writeDocuments(w io.Writer, docs []*document, out func(*document) []byte) e
 	var buf bytes.Buffer
 	first := true
 	for _, d := range docs {
-		b := out(d)
+		b, ok := encoded[d]
+		if !ok {
+			b = unchanged(d)
+		}
 		if b == nil {
 			continue
 		}

@@ -183,12 +183,7 @@ func runInject(_ context.Context, args []string, s streams) error {
 			return fmt.Errorf("%s: %w", d, err)
 		}
 	}
-	return writeDocuments(s.out, docs, func(d *document) []byte {
-		if b, ok := encoded[d]; ok {
-			return b
-		}
-		return unchanged(d)
-	})
+	return writeDocuments(s.out, docs, encoded)
 }
 
 // unchanged is a document as read, or nil for one that is blank.

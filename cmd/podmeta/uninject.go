@@ -52,12 +52,7 @@ func runUninject(_ context.Context, args []string, s streams) error {
 			}
 		}
 	}
-	return writeDocuments(s.out, docs, func(d *document) []byte {
-		if b, ok := encoded[d]; ok {
-			return b
-		}
-		return unchanged(d)
-	})
+	return writeDocuments(s.out, docs, encoded)
 }
 
 // removal is what uninject did to one object.
