@@ -3,7 +3,6 @@ package test
 import (
 	"context"
 	"encoding/json"
-	"encoding/pem"
 	"flag"
 	"fmt"
 	"github.com/podmeta/podmeta/internal/golden"
@@ -238,28 +237,8 @@ func readInput(t *testing.T, path string) input {
 // reinvokes the MutatingAdmissionPolicy (reinvocationPolicy IfNeeded).
 func TestPolicyReinvocation(t *testing.T) {
 	installPolicies(t)
-	ctx := t.Context()
 	ns := namespace(t, map[string]string{policyLabel: "enabled"}, nil)
-	srv := addContainerWebhook(t)
-	url := srv.URL + "/add"
-	never, none, fail := admissionregistrationv1.NeverReinvocationPolicy, admissionregistrationv1.SideEffectClassNone, admissionregistrationv1.Fail
-	cfg := &admissionregistrationv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: "zz-policy-add-container"},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{{
-			Name:                    "add-container.example.com",
-			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})},
-			Rules:                   []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create}, Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
-			NamespaceSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
-			SideEffects:             &none,
-			FailurePolicy:           &fail,
-			ReinvocationPolicy:      &never,
-			AdmissionReviewVersions: []string{"v1"},
-		}},
-	}
-	if err := cp.Client.Create(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), cfg) })
+	addContainerWebhook(t, ns, "zz-policy-add-container")
 
 	var got *corev1.Pod
 	eventually(t, 10*time.Second, func(context.Context) string {

@@ -20,8 +20,9 @@ import (
 )
 
 // addContainerWebhook is another team's webhook: it adds a container named "late" to
-// pods that lack one.
-func addContainerWebhook(t *testing.T) *httptest.Server {
+// pods in namespace ns that lack one. It is registered as configName, which runs after
+// "podmeta" (configurations run in name order), and is never reinvoked itself.
+func addContainerWebhook(t *testing.T, ns, configName string) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var review admissionv1.AdmissionReview
 		if err := json.NewDecoder(r.Body).Decode(&review); err != nil {
@@ -41,21 +42,11 @@ func addContainerWebhook(t *testing.T) *httptest.Server {
 	}))
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return srv
-}
 
-// 5. A webhook that runs after podmeta adds a container; the apiserver reinvokes podmeta
-// (reinvocationPolicy IfNeeded) and the new container gets env and mounts, with
-// nothing duplicated anywhere.
-func TestReinvocation(t *testing.T) {
-	ctx := t.Context()
-	ns := namespace(t, nil, nil)
-	srv := addContainerWebhook(t)
 	url := srv.URL + "/add"
 	never, none, fail := admissionregistrationv1.NeverReinvocationPolicy, admissionregistrationv1.SideEffectClassNone, admissionregistrationv1.Fail
 	cfg := &admissionregistrationv1.MutatingWebhookConfiguration{
-		// Configurations run in name order: this one after "podmeta".
-		ObjectMeta: metav1.ObjectMeta{Name: "zz-add-container"},
+		ObjectMeta: metav1.ObjectMeta{Name: configName},
 		Webhooks: []admissionregistrationv1.MutatingWebhook{{
 			Name:                    "add-container.example.com",
 			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})},
@@ -67,10 +58,18 @@ func TestReinvocation(t *testing.T) {
 			AdmissionReviewVersions: []string{"v1"},
 		}},
 	}
-	if err := cp.Client.Create(ctx, cfg); err != nil {
+	if err := cp.Client.Create(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cp.Client.Delete(ctx, cfg) })
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), cfg) })
+}
+
+// 5. A webhook that runs after podmeta adds a container; the apiserver reinvokes podmeta
+// (reinvocationPolicy IfNeeded) and the new container gets env and mounts, with
+// nothing duplicated anywhere.
+func TestReinvocation(t *testing.T) {
+	ns := namespace(t, nil, nil)
+	addContainerWebhook(t, ns, "zz-add-container")
 
 	var got *corev1.Pod
 	eventually(t, 10*time.Second, func(context.Context) string { // the new configuration reaches the apiserver's cache
