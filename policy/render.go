@@ -10,6 +10,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
@@ -29,10 +30,17 @@ type Policies struct {
 	ValidatingBinding *admissionregistrationv1.ValidatingAdmissionPolicyBinding
 }
 
+// Object is a Kubernetes object, as clients create it (controller-runtime's
+// client.Object is the same interface).
+type Object interface {
+	metav1.Object
+	runtime.Object
+}
+
 // Objects lists the four objects in the order they are applied: each policy before its
 // binding, the validating one first so that no pod is mutated without being checked.
-func (p *Policies) Objects() []any {
-	return []any{p.Validating, p.ValidatingBinding, p.Mutating, p.MutatingBinding}
+func (p *Policies) Objects() []Object {
+	return []Object{p.Validating, p.ValidatingBinding, p.Mutating, p.MutatingBinding}
 }
 
 // YAML renders the four objects as one multi-document YAML stream.

@@ -57,19 +57,12 @@ func installPolicies(t *testing.T) *policy.Policies {
 		}
 		m.NamespaceSelector.MatchExpressions[0].Key = policyLabel
 	}
+	for _, o := range pols.Objects() {
+		if err := cp.Client.Create(ctx, o); err != nil {
+			t.Fatalf("create %T %s: %v", o, o.GetName(), err)
+		}
+	}
 	api := cp.Clientset.AdmissionregistrationV1()
-	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, pols.Validating, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create the ValidatingAdmissionPolicy: %v", err)
-	}
-	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, pols.ValidatingBinding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := api.MutatingAdmissionPolicies().Create(ctx, pols.Mutating, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create the MutatingAdmissionPolicy: %v", err)
-	}
-	if _, err := api.MutatingAdmissionPolicyBindings().Create(ctx, pols.MutatingBinding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
 		bg := context.Background()
 		_ = api.MutatingAdmissionPolicyBindings().Delete(bg, pols.MutatingBinding.Name, metav1.DeleteOptions{})

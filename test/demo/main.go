@@ -171,17 +171,10 @@ func policyMode(ctx context.Context, out io.Writer, cp *harness.ControlPlane, pm
 	if err != nil {
 		return err
 	}
-	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, pols.Validating, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, pols.ValidatingBinding, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if _, err := api.MutatingAdmissionPolicies().Create(ctx, pols.Mutating, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if _, err := api.MutatingAdmissionPolicyBindings().Create(ctx, pols.MutatingBinding, metav1.CreateOptions{}); err != nil {
-		return err
+	for _, o := range pols.Objects() {
+		if err := cp.Client.Create(ctx, o); err != nil {
+			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
+		}
 	}
 	fmt.Fprintf(out, "» kubectl label namespace %s %s=enabled   (no warnings in policy mode: docs/policy.md)\n\n", ns, webhook.LabelInject)
 	if err := cp.EnsureNamespace(ctx, ns, map[string]string{webhook.LabelInject: "enabled"}, nil); err != nil {

@@ -804,18 +804,10 @@ func installPolicyMode(ctx context.Context, cp *harness.ControlPlane) error {
 	for _, m := range []*admissionregistrationv1.MatchResources{pols.Mutating.Spec.MatchConstraints, pols.Validating.Spec.MatchConstraints} {
 		m.NamespaceSelector.MatchExpressions[0].Key = benchPolicyLabel
 	}
-	api := cp.Clientset.AdmissionregistrationV1()
-	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, pols.Validating, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, pols.ValidatingBinding, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if _, err := api.MutatingAdmissionPolicies().Create(ctx, pols.Mutating, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if _, err := api.MutatingAdmissionPolicyBindings().Create(ctx, pols.MutatingBinding, metav1.CreateOptions{}); err != nil {
-		return err
+	for _, o := range pols.Objects() {
+		if err := cp.Client.Create(ctx, o); err != nil {
+			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
+		}
 	}
 	const probeNS = "policy-probe"
 	if err := cp.EnsureNamespace(ctx, probeNS, map[string]string{benchPolicyLabel: "enabled"}, nil); err != nil {
