@@ -26,15 +26,12 @@ type goldenCase struct {
 
 func readGoldens(t *testing.T) []goldenCase {
 	t.Helper()
-	inputs, err := filepath.Glob("../webhook/testdata/*.yaml")
+	inputs, err := golden.Inputs("../webhook/testdata")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []goldenCase
 	for _, in := range inputs {
-		if strings.HasSuffix(in, ".golden.yaml") {
-			continue
-		}
 		out = append(out, readGolden(t, in))
 	}
 	if len(out) < 25 {

@@ -96,15 +96,12 @@ func installPolicies(t *testing.T) *policy.Policies {
 // webhook denies must be denied by the policy, naming the same annotations and values.
 func TestPolicyDifferential(t *testing.T) {
 	installPolicies(t)
-	inputs, err := filepath.Glob(filepath.Join(harness.Root(), "webhook", "testdata", "*.yaml"))
+	inputs, err := golden.Inputs(filepath.Join(harness.Root(), "webhook", "testdata"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	compared, denied := 0, 0
 	for _, in := range inputs {
-		if strings.HasSuffix(in, ".golden.yaml") {
-			continue
-		}
 		name := strings.TrimSuffix(filepath.Base(in), ".yaml")
 		t.Run(name, func(t *testing.T) {
 			c := readInput(t, in)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"github.com/podmeta/podmeta/internal/golden"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -145,12 +146,12 @@ func TestInjectKeepsComments(t *testing.T) {
 // TestInjectMatchesWebhookPatch: on every golden input of the engine, the CLI's edit of
 // the YAML tree is, as an object, what applying the webhook's own JSON patch gives.
 func TestInjectMatchesWebhookPatch(t *testing.T) {
-	inputs, _ := filepath.Glob("../../webhook/testdata/*.yaml")
+	inputs, err := golden.Inputs("../../webhook/testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := 0
 	for _, input := range inputs {
-		if strings.HasSuffix(input, ".golden.yaml") {
-			continue
-		}
 		t.Run(filepath.Base(input), func(t *testing.T) {
 			c := readGoldenCase(t, input)
 			p, err := c.in.PlanPod(c.podJSON, c.namespace, c.nsAnn)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/podmeta/podmeta/internal/golden"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -16,12 +17,12 @@ import (
 // earlier record, uninject of inject's output is the input again, as an object and byte
 // for byte.
 func TestUninjectRoundTripGolden(t *testing.T) {
-	inputs, _ := filepath.Glob("../../webhook/testdata/*.yaml")
+	inputs, err := golden.Inputs("../../webhook/testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := 0
 	for _, input := range inputs {
-		if strings.HasSuffix(input, ".golden.yaml") {
-			continue
-		}
 		t.Run(filepath.Base(input), func(t *testing.T) {
 			c := readGoldenCase(t, input)
 			if bytes.Contains(c.podJSON, []byte(webhook.AnnotationStatus)) {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -81,4 +82,22 @@ func (in Input) TypedPod() (*corev1.Pod, error) {
 	var p corev1.Pod
 	err := json.Unmarshal(in.Pod, &p)
 	return &p, err
+}
+
+// Inputs lists the golden inputs in dir (NAME.yaml beside NAME.golden.yaml), sorted.
+func Inputs(dir string) ([]string, error) {
+	all, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var inputs []string
+	for _, p := range all {
+		if !strings.HasSuffix(p, ".golden.yaml") {
+			inputs = append(inputs, p)
+		}
+	}
+	if len(inputs) == 0 {
+		return nil, fmt.Errorf("no golden inputs in %s", dir)
+	}
+	return inputs, nil
 }
