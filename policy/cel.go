@@ -143,8 +143,9 @@ func unbind(s string) string {
 	}
 }
 
-// indexOutsideStrings is strings.Index of sub in s, outside CEL string literals.
-func indexOutsideStrings(s, sub string) int {
+// outsideStrings calls f with each index of s outside CEL string literals, in order,
+// until f returns false.
+func outsideStrings(s string, f func(i int) bool) {
 	var quote byte
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -156,39 +157,48 @@ func indexOutsideStrings(s, sub string) int {
 		case quote != 0:
 		case c == '\'' || c == '"':
 			quote = c
-		case strings.HasPrefix(s[i:], sub):
-			return i
+		default:
+			if !f(i) {
+				return
+			}
 		}
 	}
-	return -1
+}
+
+// indexOutsideStrings is strings.Index of sub in s, outside CEL string literals.
+func indexOutsideStrings(s, sub string) int {
+	at := -1
+	outsideStrings(s, func(i int) bool {
+		if strings.HasPrefix(s[i:], sub) {
+			at = i
+		}
+		return at < 0
+	})
+	return at
 }
 
 // splitArgs splits the arguments of a call whose "(" was just before s, returning them
 // and the offset just past the closing ")".
 func splitArgs(s string) ([]string, int) {
 	var args []string
-	var quote byte
-	depth, start := 0, 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case quote != 0 && c == '\\':
-			i++
-		case quote != 0 && c == quote:
-			quote = 0
-		case quote != 0:
-		case c == '\'' || c == '"':
-			quote = c
+	depth, start, end := 0, 0, -1
+	outsideStrings(s, func(i int) bool {
+		switch c := s[i]; {
 		case c == '(' || c == '[' || c == '{':
 			depth++
 		case (c == ')' || c == ']' || c == '}') && depth > 0:
 			depth--
 		case c == ')':
-			return append(args, s[start:i]), i + 1
+			args, end = append(args, s[start:i]), i+1
+			return false
 		case c == ',' && depth == 0:
 			args = append(args, s[start:i])
 			start = i + 1
 		}
+		return true
+	})
+	if end < 0 {
+		panic("policy: unbalanced cel.bind")
 	}
-	panic("policy: unbalanced cel.bind")
+	return args, end
 }
