@@ -353,10 +353,12 @@ const renderExpansion = 8
 // alone when it is over the bound, or far under it; in between the patch is rendered,
 // by the writer that stops at the bound. The webhook's own rendering afterwards keeps
 // the same bound (the plan carries it in its encoder), and so cannot pass it.
-func (in *Injector) bound(p *Plan, pod *podView, namespace string) error {
+// additionsBytes is the sum of the additions' minPatchBytes, which the planner kept as it
+// emitted them.
+func (in *Injector) bound(p *Plan, pod *podView, namespace string, additionsBytes int) error {
 	p.Warnings = capWarnings(p.Warnings)
-	b := in.encoder.(*patchBound)
-	n := p.minPatchBytes()
+	b := in.patch
+	n := additionsBytes + len("[]")
 	switch {
 	case n > b.limit:
 		return namingPod(b.tooLarge(n), pod, namespace)
@@ -367,9 +369,10 @@ func (in *Injector) bound(p *Plan, pod *podView, namespace string) error {
 	return namingPod(p.writePatchJSON(&buf, b), pod, namespace)
 }
 
-// minPatchBytes is a lower bound of the plan's patch size.
+// minPatchBytes is a lower bound of the plan's patch size (what the planner keeps as
+// it emits additions, plus the brackets).
 func (p *Plan) minPatchBytes() int {
-	n := 2
+	n := len("[]")
 	for _, a := range p.additions {
 		n += a.minPatchBytes()
 	}

@@ -346,7 +346,7 @@ func TestPatchWriterStopsAtBound(t *testing.T) {
 		}
 		full, _ := plan.PatchJSON()
 		var out bytes.Buffer
-		werr := plan.writePatchJSON(&out, &patchBound{fast: unbounded.encoder.(*patchBound).fast, limit: cfg.MaxPatchBytes})
+		werr := plan.writePatchJSON(&out, &patchBound{fast: unbounded.patch.fast, limit: cfg.MaxPatchBytes})
 		_, perr := in.PlanPod(raw, "ns", nil)
 		what := fmt.Sprintf("%d containers: patch %d bytes, writer stopped at %d (%v), Injector: %v", n, len(full), out.Len(), werr, perr)
 		t.Log(what)

@@ -14,7 +14,7 @@ import (
 // Deleting fastjson.go deletes this test with it.
 func TestPatchJSONUsesTemplates(t *testing.T) {
 	in := testInjector(t)
-	if in.encoder == nil {
+	if in.patch.fast == nil { // the encoder itself is always the patch bound
 		t.Fatal("the Injector has no fast encoder: every patch is written by encoding/json")
 	}
 	for _, initContainers := range []bool{false, true} { // the ambassador as a new list, or first in one

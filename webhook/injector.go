@@ -20,7 +20,8 @@ type Injector struct {
 	envVars    []corev1.EnvVar   // one per envKeys entry, unprefixed
 	ambassador *corev1.Container // for the operator's own port and mode
 	apiURL     corev1.EnvVar     // PODMETA_API_URL for the operator's own port
-	encoder    valueEncoder      // the fast JSON path; nil without fastjson.go
+	encoder    valueEncoder      // what plans write their patch with: patch
+	patch      *patchBound       // the fast JSON path (nil without fastjson.go) and the patch bound
 }
 
 // NewInjector validates cfg. nativeSidecars says whether the ambassador is added as a
@@ -43,7 +44,8 @@ func NewInjector(cfg Config, nativeSidecars bool) (*Injector, error) {
 	if newValueEncoder != nil {
 		in.encoder = newValueEncoder(in.envVars, in.ambassador)
 	}
-	in.encoder = &patchBound{fast: in.encoder, limit: cfg.maxPatchBytes()} // bounds.go
+	in.patch = &patchBound{fast: in.encoder, limit: cfg.maxPatchBytes()} // bounds.go
+	in.encoder = in.patch
 	return in, nil
 }
 
@@ -143,7 +145,7 @@ func (in *Injector) plan(pod *podView, namespace string, nsAnnotations map[strin
 		return nil, &DenyError{err}
 	}
 	// bounds.go: at most MaxWarnings warnings, and a patch of at most MaxPatchBytes.
-	if err := in.bound(p, pod, namespace); err != nil {
+	if err := in.bound(p, pod, namespace, pl.minBytes); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -134,7 +134,7 @@ func (pl *planner) note(format string, args ...any) {
 func (pl *planner) emit(a addition) {
 	pl.plan.additions = append(pl.plan.additions, a)
 	pl.minBytes += a.minPatchBytes()
-	pl.over = pl.minBytes > pl.in.encoder.(*patchBound).limit
+	pl.over = pl.minBytes > pl.in.patch.limit
 }
 
 // emitVolume adds a pod volume; the first one added to a pod without spec.volumes

@@ -368,12 +368,15 @@ func (pl *planner) planStatus() {
 			st.setSkipped(pl.plan.Warnings)
 		}
 	} else {
-		// A copy: Plan.Status stays this pass's own (explain and metrics read it).
 		st = pl.plan.Status
-		st.Env, st.EphemeralStorage, st.Mounts = maps.Clone(st.Env), maps.Clone(st.EphemeralStorage), slices.Clone(st.Mounts)
+		if had {
+			// merge appends to the maps and lists: copies, so that Plan.Status stays this
+			// pass's own (explain and metrics read it).
+			st.Env, st.EphemeralStorage, st.Mounts = maps.Clone(st.Env), maps.Clone(st.EphemeralStorage), slices.Clone(st.Mounts)
+			st.merge(prev)
+		}
 		st.recordCreated(pl.plan.additions)
 		st.setSkipped(pl.plan.Warnings)
-		st.merge(prev)
 	}
 	if ann == nil {
 		st.createdPod(createdAnnotations) // by the first annotation below
