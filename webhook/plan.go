@@ -3,6 +3,7 @@ package webhook
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -22,6 +23,11 @@ type Plan struct {
 	Notes []string
 	// Status is what this plan injects, as recorded in podmeta.io/status.
 	Status Status
+
+	// skips are the skip reasons (Skip* codes) this pass records in Status.Skipped, the
+	// first maxSkipped of them; moreSkips counts the rest.
+	skips     []string
+	moreSkips int
 
 	additions []addition
 	encoder   valueEncoder // the Injector's; nil: encoding/json writes every value
@@ -53,6 +59,9 @@ type planner struct {
 
 // build plans every feature, in the order the additions must be made.
 func (pl *planner) build() error {
+	if len(pl.plan.Warnings) > 0 { // the settings' own: unknown keys, repeated items
+		pl.skip(SkipAnnotationsIgnored)
+	}
 	if len(pl.allContainers()) == 0 {
 		// Nothing to inject into, and a volume or sidecar alone would be useless (and a
 		// pod without a spec has no /spec to add them under): only mark the pod as seen.
@@ -105,13 +114,25 @@ func (pl *planner) targets() []containerRef {
 		return all
 	}
 	var out []containerRef
+	selected := make(map[int]bool, len(pl.settings.Containers))
 	for _, name := range pl.settings.Containers {
 		i := slices.IndexFunc(all, func(r containerRef) bool { return r.c.Name == name })
 		if i < 0 {
 			pl.warn(FeatureConfig, "%s lists container %q, which the pod does not have", AnnotationContainers, name)
+			pl.skip(SkipContainerMissing, name)
 			continue
 		}
 		out = append(out, all[i])
+		selected[i] = true
+	}
+	var left []string
+	for i := range all {
+		if !selected[i] {
+			left = append(left, all[i].c.Name)
+		}
+	}
+	if left != nil {
+		pl.skip(SkipNotSelected, left...)
 	}
 	return out
 }
@@ -124,6 +145,30 @@ func (pl *planner) warn(feature, format string, args ...any) {
 		pl.plan.Conflicts = map[string]int{}
 	}
 	pl.plan.Conflicts[feature]++
+}
+
+// skip records a skip reason for Status.Skipped: a Skip* code and what it concerns,
+// joined with ',' (containers, env vars) and cut at maxSkippedBytes while it is built,
+// so a pod's many names cost no more than the bound.
+func (pl *planner) skip(code string, about ...string) {
+	if len(pl.plan.skips) == maxSkipped {
+		pl.plan.moreSkips++
+		return
+	}
+	var b strings.Builder
+	b.WriteString(code)
+	for i, a := range about {
+		if b.Len() > maxSkippedBytes {
+			break
+		}
+		if i == 0 {
+			b.WriteByte(' ')
+		} else {
+			b.WriteByte(',')
+		}
+		b.WriteString(clipAt(a, maxSkippedBytes))
+	}
+	pl.plan.skips = append(pl.plan.skips, clipAt(b.String(), maxSkippedBytes))
 }
 
 // note records what was already in place, for explain.

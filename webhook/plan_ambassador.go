@@ -19,9 +19,11 @@ func (pl *planner) checkAmbassador() error {
 	switch {
 	case pod.Spec.HostNetwork:
 		pl.warn(FeatureAmbassador, "ambassador not added: a hostNetwork pod shares the node's loopback, where the ambassador would expose the pod's token to every process on the node")
+		pl.skip(SkipAmbassadorHostNetwork)
 		return nil
 	case pod.Spec.AutomountServiceAccountToken != nil && !*pod.Spec.AutomountServiceAccountToken:
 		pl.warn(FeatureAmbassador, "ambassador not added: the pod sets automountServiceAccountToken: false, so it must not get API credentials")
+		pl.skip(SkipAmbassadorAutomountOff)
 		return nil
 	case pl.admitted && !slices.ContainsFunc(pod.Spec.Volumes, isServiceAccountTokenVolume):
 		// The ServiceAccount admission plugin honours the ServiceAccount's
@@ -29,9 +31,11 @@ func (pl *planner) checkAmbassador() error {
 		// the pod's field; this is the only trace of an administrator's opt-out that
 		// reaches a webhook. (Offline, podmeta inject cannot know and adds the sidecar.)
 		pl.warn(FeatureAmbassador, "ambassador not added: the pod has no service-account token volume (%s*), so its ServiceAccount sets automountServiceAccountToken: false and the pod must not get API credentials", serviceAccountTokenVolumePrefix)
+		pl.skip(SkipAmbassadorNoTokenMount)
 		return nil
 	case pod.Spec.OS != nil && pod.Spec.OS.Name == string(corev1.Windows):
 		pl.warn(FeatureAmbassador, "ambassador not added: it runs on Linux only and this is a Windows pod")
+		pl.skip(SkipAmbassadorWindows)
 		return nil
 	}
 	for _, list := range [][]containerView{pod.Spec.InitContainers, pod.Spec.Containers} {
@@ -49,6 +53,7 @@ func (pl *planner) checkAmbassador() error {
 	}
 	if i := slices.IndexFunc(pod.Spec.Volumes, func(v volumeView) bool { return v.Name == AmbassadorTokenVolumeName }); i >= 0 && pod.Spec.Volumes[i].Projected == nil {
 		pl.warn(FeatureAmbassador, "ambassador not added: volume %q exists and is not podmeta's projected token volume", AmbassadorTokenVolumeName)
+		pl.skip(SkipAmbassadorTokenVolumeKept)
 		return nil
 	}
 	pl.ambassador = true
@@ -67,6 +72,7 @@ func (pl *planner) planAmbassador() {
 				pl.note("container %q already present", AmbassadorContainerName)
 			} else {
 				pl.warn(FeatureAmbassador, "container %q already exists with image %q; kept it", AmbassadorContainerName, list[i].Image)
+				pl.skip(SkipAmbassadorKept, list[i].Image)
 			}
 			return
 		}

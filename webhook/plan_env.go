@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -34,6 +35,7 @@ func (pl *planner) planEnv(t containerRef) {
 	}
 	// O(len(want) × len(t.c.Env)): want has at most 16 vars, so linear in the pod.
 	var missing []corev1.EnvVar
+	var kept []string
 	for j, w := range want {
 		i := slices.IndexFunc(t.c.Env, func(e envView) bool { return e.Name == w.Name })
 		switch {
@@ -45,7 +47,11 @@ func (pl *planner) planEnv(t containerRef) {
 			pl.note("%s %q: env %s already set as podmeta would", t.kind(), t.c.Name, w.Name)
 		default:
 			pl.warn(FeatureEnv, "%s %q defines env %s; kept the pod's value", t.kind(), t.c.Name, w.Name)
+			kept = append(kept, w.Name)
 		}
+	}
+	if kept != nil {
+		pl.skip(SkipEnvKept, t.c.Name+" "+strings.Join(kept, ","))
 	}
 	if len(missing) == 0 {
 		return

@@ -38,6 +38,7 @@ func (pl *planner) planStorage() {
 		if lim := pl.settings.StorageLimit; lim != nil && haveLim == nil {
 			if haveReq != nil && cmpPodQuantity(haveReq, *lim) > 0 {
 				pl.warn(FeatureStorage, "%s %q requests ephemeral-storage %s, above the default limit %s; set no limit", t.kind(), t.c.Name, podQuantityString(haveReq), lim.String())
+				pl.skip(SkipStorageLimit, t.c.Name)
 			} else {
 				q := lim.DeepCopy()
 				a.limit = &q

@@ -26,6 +26,7 @@ func (pl *planner) planVolume(targets []containerRef) bool {
 	dapi := pl.pod.Spec.Volumes[i].DownwardAPI
 	if dapi == nil {
 		pl.warn(FeatureVolume, "volume %q exists and is not a downwardAPI volume; kept it and did not add the metadata volume", VolumeName)
+		pl.skip(SkipVolumeKept)
 		return false
 	}
 	// The paths the volume has, in a set built once: both lists are the pod's to make
@@ -59,6 +60,7 @@ func (pl *planner) planMount(t containerRef) {
 			return
 		case m.MountPath == pl.settings.VolumePath:
 			pl.warn(FeatureMount, "%s %q already mounts %q at %s; kept it and did not mount the metadata volume", t.kind(), t.c.Name, m.Name, m.MountPath)
+			pl.skip(SkipMountKept, t.c.Name+" "+m.MountPath)
 			return
 		}
 	}

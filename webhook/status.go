@@ -2,6 +2,8 @@ package webhook
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -18,7 +20,9 @@ import (
 //     are merged in.
 //   - Created says which lists and maps podmeta created rather than appended to, which is
 //     what removing the additions exactly needs.
-//   - Skipped says, compactly and within a byte bound, what this pass did not add and why.
+//   - Skipped says, compactly and within a byte bound, what this pass did not add and why,
+//     as stable codes (Skip*): including what gives no warning (containers that
+//     podmeta.io/containers leaves out).
 //   - Its companion annotation podmeta.io/injected (AnnotationInjected) lists, plainly, the
 //     containers that got env vars or the mount, for CEL, which has no JSON parser: the
 //     safety net checks each name against the spec, and that the record's "volume" and
@@ -43,8 +47,9 @@ type Status struct {
 	// Created lists the fields podmeta created, where the pod had none: removing its
 	// additions exactly removes these fields rather than emptying them.
 	Created *Created `json:"created,omitempty"`
-	// Skipped is this pass's warnings (what podmeta kept of the pod's, or did not add,
-	// and why), at most maxSkipped of them, each at most maxSkippedBytes.
+	// Skipped says what this pass did not add and why, one skip reason an entry: a Skip*
+	// code, then for most a space and what it concerns ("env-kept app POD_IP,HOST_IP").
+	// At most maxSkipped entries, each at most maxSkippedBytes, then "and N more".
 	Skipped []string `json:"skipped,omitempty"`
 }
 
@@ -70,11 +75,51 @@ const (
 	ambassadorAsPlain   = "container"
 )
 
-// Bounds of Status.Skipped: the warnings themselves are capped (capWarnings); the record
-// keeps fewer, shorter ones, since it is stored with the pod.
+// Bounds of Status.Skipped: it is stored with the pod.
 const (
 	maxSkipped      = 8
 	maxSkippedBytes = 256
+)
+
+// The skip reasons of Status.Skipped: stable codes a tool may match (docs/design.md). An
+// entry is the code, then, where it says so, a space and what it concerns; names are
+// joined with ','.
+const (
+	// SkipAnnotationsIgnored: unknown podmeta.io/ keys or repeated list items were
+	// ignored (the admission warnings name them).
+	SkipAnnotationsIgnored = "annotations-ignored"
+	// SkipNotSelected NAMES: containers podmeta.io/containers leaves out got no env
+	// vars or mount.
+	SkipNotSelected = "not-selected"
+	// SkipContainerMissing NAME: podmeta.io/containers names a container the pod lacks.
+	SkipContainerMissing = "container-missing"
+	// SkipEnvKept CONTAINER VARS: the container defines these of podmeta's env vars
+	// itself; its values were kept (e.g. "env-kept app POD_IP").
+	SkipEnvKept = "env-kept"
+	// SkipVolumeKept: the pod has a volume of the metadata volume's name that is not a
+	// downwardAPI volume; no metadata volume and no mounts were added.
+	SkipVolumeKept = "volume-kept"
+	// SkipMountKept CONTAINER PATH: the container mounts something else at the path.
+	SkipMountKept = "mount-kept"
+	// SkipStorageLimit CONTAINER: its ephemeral-storage request is above the default
+	// limit, so no limit was set.
+	SkipStorageLimit = "storage-limit-skipped"
+	// SkipAmbassadorHostNetwork: no ambassador on a hostNetwork pod.
+	SkipAmbassadorHostNetwork = "ambassador-host-network"
+	// SkipAmbassadorAutomountOff: no ambassador; the pod sets
+	// automountServiceAccountToken: false.
+	SkipAmbassadorAutomountOff = "ambassador-automount-off"
+	// SkipAmbassadorNoTokenMount: no ambassador; the pod has no service-account token
+	// volume (its ServiceAccount turns automounting off).
+	SkipAmbassadorNoTokenMount = "ambassador-no-token-mount"
+	// SkipAmbassadorWindows: no ambassador on a Windows pod.
+	SkipAmbassadorWindows = "ambassador-windows"
+	// SkipAmbassadorTokenVolumeKept: no ambassador; a volume of its token volume's name
+	// is the pod's own.
+	SkipAmbassadorTokenVolumeKept = "ambassador-token-volume-kept"
+	// SkipAmbassadorKept IMAGE: a container of the ambassador's name with another image
+	// is the pod's own; it was kept.
+	SkipAmbassadorKept = "ambassador-kept"
 )
 
 // String renders a plan's status for logs and explain.
@@ -147,21 +192,29 @@ func (s *Status) recordCreated(additions []addition) {
 	}
 }
 
-// setSkipped keeps the first maxSkipped warnings, without their "podmeta: " prefix and
-// clipped, and counts the rest in one more.
-func (s *Status) setSkipped(warnings []string) {
-	s.Skipped = nil
-	for i, w := range warnings {
-		if i == maxSkipped {
-			s.Skipped = append(s.Skipped, "and "+strconv.Itoa(len(warnings)-i)+" more")
-			break
-		}
-		w = strings.TrimPrefix(w, "podmeta: ")
-		if len(w) > maxSkippedBytes {
-			w = clipAt(w, maxSkippedBytes)
-		}
-		s.Skipped = append(s.Skipped, w)
+// setSkipped records skip reasons (already bounded, as planner.skip makes them) and
+// how many more there were.
+func (s *Status) setSkipped(skips []string, more int) {
+	s.Skipped = slices.Clone(skips)
+	if more > 0 {
+		s.Skipped = append(s.Skipped, "and "+strconv.Itoa(more)+" more")
 	}
+}
+
+// boundSkipped bounds a Skipped list that podmeta did not write (a forged record) as
+// podmeta would: maxSkipped entries, each clipped, and how many more.
+func boundSkipped(list []string) []string {
+	if len(list) <= maxSkipped+1 && !slices.ContainsFunc(list, func(w string) bool { return len(w) > maxSkippedBytes }) {
+		return list
+	}
+	var out []string
+	for i, w := range list {
+		if i == maxSkipped {
+			return append(out, "and "+strconv.Itoa(len(list)-i)+" more")
+		}
+		out = append(out, clipAt(w, maxSkippedBytes))
+	}
+	return out
 }
 
 // verifyAgainst keeps of an earlier record (prev) only what the pod shows now: env vars
@@ -280,10 +333,7 @@ func (pl *planner) verifyAgainst(prev Status) Status {
 			}
 		}
 	}
-	st.Skipped = prev.Skipped
-	if len(st.Skipped) > maxSkipped+1 || slices.ContainsFunc(st.Skipped, func(w string) bool { return len(w) > maxSkippedBytes }) {
-		st.setSkipped(prev.Skipped) // not what podmeta writes: bounded as it would be
-	}
+	st.Skipped = boundSkipped(prev.Skipped)
 	return st
 }
 
@@ -365,7 +415,7 @@ func (pl *planner) planStatus() {
 	if pl.plan.Empty() {
 		st = prev
 		if !had {
-			st.setSkipped(pl.plan.Warnings)
+			st.setSkipped(pl.plan.skips, pl.plan.moreSkips)
 		}
 	} else {
 		st = pl.plan.Status
@@ -376,7 +426,7 @@ func (pl *planner) planStatus() {
 			st.merge(prev)
 		}
 		st.recordCreated(pl.plan.additions)
-		st.setSkipped(pl.plan.Warnings)
+		st.setSkipped(pl.plan.skips, pl.plan.moreSkips)
 	}
 	if ann == nil {
 		st.createdPod(createdAnnotations) // by the first annotation below
@@ -389,4 +439,37 @@ func (pl *planner) planStatus() {
 	}
 	pl.emit(annotationAddition{key: AnnotationStatus, value: string(value), hadAnnotations: ann != nil})
 	pl.emit(annotationAddition{key: AnnotationInjected, value: injected, hadAnnotations: true})
+}
+
+// VerifyRecord reads a pod's podmeta.io/status (raw is the pod's JSON) and checks it
+// against the spec as a reinvocation would (verifyAgainst), with the settings the
+// operator's config, the namespace's annotations and the pod's give. It returns the
+// record as written and what of it the spec still shows (with the record's Skipped);
+// ok is false when the pod has no record. podmeta doctor reads an existing pod with it.
+func (in *Injector) VerifyRecord(raw []byte, nsAnnotations map[string]string) (recorded, verified Status, ok bool, err error) {
+	pod, err := decodePod(raw)
+	if err != nil {
+		return Status{}, Status{}, false, err
+	}
+	text, had := pod.Metadata.Annotations[AnnotationStatus]
+	if !had {
+		return Status{}, Status{}, false, nil
+	}
+	if err := json.Unmarshal([]byte(text), &recorded); err != nil {
+		return Status{}, Status{}, true, fmt.Errorf("%s is not a record podmeta writes: %w", AnnotationStatus, err)
+	}
+	s := in.base
+	_, err1 := s.overlay(sourceNamespace, nsAnnotations)
+	_, err2 := s.overlay(sourcePod, pod.Metadata.Annotations)
+	if err := errors.Join(err1, err2, s.check()); err != nil {
+		return recorded, Status{}, true, &DenyError{err}
+	}
+	pl := planner{in: in, settings: &s, pod: pod, plan: &Plan{}}
+	for _, list := range [][]containerView{pod.Spec.InitContainers, pod.Spec.Containers} {
+		if slices.ContainsFunc(list, func(c containerView) bool { return c.Name == AmbassadorContainerName }) {
+			pl.ambassador = true // the record's PODMETA_API_URL points at it
+		}
+	}
+	pl.planEnvVars()
+	return recorded, pl.verifyAgainst(recorded), true, nil
 }

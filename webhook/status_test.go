@@ -3,6 +3,7 @@ package webhook
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -152,5 +153,90 @@ func TestStatusCreatedUndoesExactly(t *testing.T) {
 	undone, _ := json.Marshal(pod)
 	if !jsonpatch.Equal(undone, raw) {
 		t.Errorf("undoing the record's additions:\n%s\nwant\n%s\nrecord %s", undone, raw, st)
+	}
+}
+
+// The record says what this pass skipped and why, as Skip* codes, including what gives
+// no admission warning (containers podmeta.io/containers leaves out).
+func TestStatusSkipReasons(t *testing.T) {
+	in := testInjector(t, "--ambassador=true")
+	for _, c := range []struct {
+		name       string
+		ann        map[string]string
+		containers []string
+		extraSpec  string
+		want       []string
+	}{
+		{"nothing skipped", nil, []string{`{"name":"app"}`}, "", nil},
+		{"not selected", map[string]string{AnnotationContainers: "web,gone"}, []string{`{"name":"web"}`, `{"name":"a"}`, `{"name":"b"}`}, "",
+			[]string{"container-missing gone", "not-selected a,b"}},
+		{"own POD_IP kept", nil, []string{`{"name":"app","env":[{"name":"POD_IP","value":"1.2.3.4"},{"name":"HOST_IP","value":"x"}]}`}, "",
+			[]string{"env-kept app POD_IP,HOST_IP"}},
+		{"hostNetwork", nil, []string{`{"name":"app"}`}, `"hostNetwork":true,`, []string{SkipAmbassadorHostNetwork}},
+		{"automount off", nil, []string{`{"name":"app"}`}, `"automountServiceAccountToken":false,`, []string{SkipAmbassadorAutomountOff}},
+		{"windows", nil, []string{`{"name":"app"}`}, `"os":{"name":"windows"},`, []string{SkipAmbassadorWindows}},
+		{"token volume taken", nil, []string{`{"name":"app"}`}, `"volumes":[{"name":"` + AmbassadorTokenVolumeName + `","emptyDir":{}}],`, []string{SkipAmbassadorTokenVolumeKept}},
+		{"unknown annotation", map[string]string{"podmeta.io/nope": "x"}, []string{`{"name":"app"}`}, "", []string{SkipAnnotationsIgnored}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st, _, _ := recordOf(t, in, podJSON(c.ann, c.containers, c.extraSpec))
+			if !slices.Equal(st.Skipped, c.want) {
+				t.Errorf("skipped %q, want %q", st.Skipped, c.want)
+			}
+		})
+	}
+}
+
+// A pod's many names cannot grow the record: each entry stays within maxSkippedBytes,
+// and past maxSkipped entries the rest are counted.
+func TestStatusSkipReasonsBounded(t *testing.T) {
+	in := testInjector(t)
+	var many []string
+	for i := range 300 {
+		many = append(many, `{"name":"container-with-a-long-name-`+strings.Repeat("x", 20)+strconv.Itoa(i)+`","env":[{"name":"POD_IP","value":"x"}]}`)
+	}
+	st, _, _ := recordOf(t, in, podJSON(map[string]string{AnnotationContainers: "container-with-a-long-name-xxxxxxxxxxxxxxxxxxxx0,container-with-a-long-name-xxxxxxxxxxxxxxxxxxxx1"}, many, ""))
+	// One not-selected entry for the other 298 containers, clipped, then the two
+	// selected containers' kept POD_IP.
+	if len(st.Skipped) != 3 || !strings.HasPrefix(st.Skipped[0], SkipNotSelected+" ") {
+		t.Fatalf("%d entries: %q", len(st.Skipped), st.Skipped)
+	}
+	for _, s := range st.Skipped {
+		if len(s) > maxSkippedBytes {
+			t.Errorf("entry of %d bytes: %q", len(s), s)
+		}
+	}
+	// Twenty containers keep their POD_IP: maxSkipped entries, then the count.
+	st, _, _ = recordOf(t, in, podJSON(nil, many[:20], ""))
+	if want := "and 12 more"; st.Skipped[maxSkipped] != want || !strings.HasPrefix(st.Skipped[0], SkipEnvKept+" ") {
+		t.Errorf("skipped %q: want %d env-kept entries, then %q", st.Skipped, maxSkipped, want)
+	}
+}
+
+// VerifyRecord gives what of a pod's record its spec still shows: what doctor reports
+// for an existing pod.
+func TestVerifyRecord(t *testing.T) {
+	in := testInjector(t)
+	_, _, patched := recordOf(t, in, podJSON(map[string]string{AnnotationContainers: "app"}, []string{`{"name":"app"}`, `{"name":"side"}`}, ""))
+	recorded, verified, ok, err := in.VerifyRecord(patched, nil)
+	if err != nil || !ok {
+		t.Fatalf("ok %v, err %v", ok, err)
+	}
+	if recorded.String() != verified.String() || !slices.Equal(recorded.Skipped, []string{"not-selected side"}) {
+		t.Errorf("an untouched pod: recorded %s, verified %s", recorded, verified)
+	}
+	// Someone removed the env vars podmeta added.
+	var pod map[string]any
+	if err := json.Unmarshal(patched, &pod); err != nil {
+		t.Fatal(err)
+	}
+	delete(pod["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any), "env")
+	edited, _ := json.Marshal(pod)
+	recorded, verified, _, err = in.VerifyRecord(edited, nil)
+	if err != nil || len(recorded.Env["app"]) == 0 || len(verified.Env["app"]) != 0 || verified.Volume == "" {
+		t.Errorf("env removed: recorded %s, verified %s (%v)", recorded, verified, err)
+	}
+	if _, _, ok, err := in.VerifyRecord(podJSON(nil, []string{`{"name":"app"}`}, ""), nil); ok || err != nil {
+		t.Errorf("a pod without a record: ok %v, err %v", ok, err)
 	}
 }
