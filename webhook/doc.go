@@ -27,6 +27,7 @@
 // injector.go (the entry points), plan*.go (the decisions, one file per feature),
 // additions.go (each change as JSON patch and on a typed Pod), objects.go (the Kubernetes
 // objects added), patchjson.go (the patch writer), fastjson.go (an optional fast path
-// for the writer; deleting it changes speed, not bytes), view.go (the decoded pod) and
-// handler.go (HTTP).
+// for the writer; deleting it changes speed, not bytes), view.go (the decoded pod),
+// handler.go (HTTP) and workloads.go (apply-time validation of workload pod templates,
+// served by the same Handler: the template is planned as a pod, never mutated).
 package webhook

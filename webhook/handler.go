@@ -186,7 +186,11 @@ func (e *httpError) Error() string { return e.msg }
 
 var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.serve(w, r, nil) }
+
+// serve reads, bounds and answers one review: a pod's (v nil) or a workload's
+// (workloads.go).
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, v *WorkloadValidator) {
 	if h.draining.Load() {
 		w.Header().Set("Connection", "close")
 	}
@@ -243,7 +247,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	resp, err := h.admit(r, body, patch, &log)
+	var resp *reviewResponse
+	var err error
+	if v != nil {
+		resp, err = v.admitWorkload(r.Context(), body.Bytes(), &log)
+	} else {
+		resp, err = h.admit(r, body, patch, &log)
+	}
 	if err != nil {
 		h.refuse(w, err, log)
 		return

@@ -82,3 +82,31 @@ func (m *Metrics) observe(p *Plan) {
 		m.Conflicts.WithLabelValues(feature).Add(float64(n))
 	}
 }
+
+// WorkloadMetrics count workload reviews (workloads.go). A review refused before a
+// decision (a bad request, the body bounds) is counted with the pods' as result=error.
+type WorkloadMetrics struct {
+	Reviews *prometheus.CounterVec
+}
+
+// NewWorkloadMetrics creates podmeta_workload_reviews_total and registers it with reg
+// (nil: not registered).
+func NewWorkloadMetrics(reg prometheus.Registerer) *WorkloadMetrics {
+	m := &WorkloadMetrics{Reviews: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podmeta_workload_reviews_total",
+		Help: "Workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) reviews answered, by result: allowed, warned, denied, skipped (--workload-validation=off, an excluded namespace, not a workload).",
+	}, []string{"result"})}
+	for _, r := range []string{WorkloadAllowed, WorkloadWarned, WorkloadDenied, WorkloadSkipped} {
+		m.Reviews.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.Reviews)
+	}
+	return m
+}
+
+func (m *WorkloadMetrics) count(result string) {
+	if m != nil {
+		m.Reviews.WithLabelValues(result).Inc()
+	}
+}

@@ -40,7 +40,13 @@ const (
 	nsError         = "error"          // the cache failed
 )
 
-// namespaceLookup reads a namespace's annotations from the informer cache: no network
+// nsMeta is what podmeta reads of a namespace: the pod path its annotations, the
+// workload path (webhook/workloads.go) its labels too.
+type nsMeta struct {
+	labels, annotations map[string]string
+}
+
+// namespaceLookup reads a namespace's metadata from the informer cache: no network
 // I/O per request. A namespace the cache has not seen (created a moment ago, or one
 // that does not exist) is waited for up to wait, so the defaults of a namespace
 // created together with its pods are not missed. What unknown names can cost is
@@ -49,7 +55,7 @@ const (
 // namespace defaults, logged and counted), and a name not found after a full wait is
 // not waited for again for unknownNamespaceTTL.
 type namespaceLookup struct {
-	get      func(ctx context.Context, name string) (map[string]string, error)
+	get      func(ctx context.Context, name string) (nsMeta, error)
 	synced   *atomic.Bool
 	wait     time.Duration
 	maxWaits int64
@@ -67,7 +73,7 @@ type namespaceLookup struct {
 
 type nsFlight struct {
 	done  chan struct{}
-	ann   map[string]string
+	meta  nsMeta
 	found bool
 }
 
@@ -86,7 +92,7 @@ func newNamespaceLookupMetric(reg prometheus.Registerer) *prometheus.CounterVec 
 	return c
 }
 
-func newNamespaceLookup(get func(context.Context, string) (map[string]string, error), synced *atomic.Bool, wait time.Duration, maxWaits int, lookups *prometheus.CounterVec, log logr.Logger) *namespaceLookup {
+func newNamespaceLookup(get func(context.Context, string) (nsMeta, error), synced *atomic.Bool, wait time.Duration, maxWaits int, lookups *prometheus.CounterVec, log logr.Logger) *namespaceLookup {
 	return &namespaceLookup{
 		get: get, synced: synced, wait: wait, maxWaits: int64(maxWaits), lookups: lookups, log: log,
 		poll: 20 * time.Millisecond, flights: map[string]*nsFlight{}, unknown: map[string]time.Time{},
@@ -94,13 +100,13 @@ func newNamespaceLookup(get func(context.Context, string) (map[string]string, er
 }
 
 // cacheGetter reads namespace metadata from c.
-func cacheGetter(c cache.Cache) func(context.Context, string) (map[string]string, error) {
-	return func(ctx context.Context, name string) (map[string]string, error) {
+func cacheGetter(c cache.Cache) func(context.Context, string) (nsMeta, error) {
+	return func(ctx context.Context, name string) (nsMeta, error) {
 		ns := namespaceMeta()
 		if err := c.Get(ctx, types.NamespacedName{Name: name}, ns); err != nil {
-			return nil, err
+			return nsMeta{}, err
 		}
-		return ns.Annotations, nil
+		return nsMeta{labels: ns.Labels, annotations: ns.Annotations}, nil
 	}
 }
 
@@ -117,15 +123,25 @@ func (l *namespaceLookup) count(result string) {
 
 // Annotations is a webhook.NamespaceAnnotations.
 func (l *namespaceLookup) Annotations(ctx context.Context, name string) map[string]string {
-	ann, err := l.get(ctx, name)
+	return l.lookup(ctx, name).annotations
+}
+
+// Metadata is a webhook.NamespaceMetadata: the same lookup, labels too.
+func (l *namespaceLookup) Metadata(ctx context.Context, name string) (labels, annotations map[string]string) {
+	m := l.lookup(ctx, name)
+	return m.labels, m.annotations
+}
+
+func (l *namespaceLookup) lookup(ctx context.Context, name string) nsMeta {
+	meta, err := l.get(ctx, name)
 	switch {
 	case err == nil:
 		l.count(nsFound)
-		return ann
+		return meta
 	case !apierrors.IsNotFound(err) && l.synced.Load():
 		l.log.Error(err, "read namespace from cache", "namespace", name)
 		l.count(nsError)
-		return nil
+		return nsMeta{}
 	}
 
 	l.mu.Lock()
@@ -133,7 +149,7 @@ func (l *namespaceLookup) Annotations(ctx context.Context, name string) map[stri
 		if time.Now().Before(until) {
 			l.mu.Unlock()
 			l.count(nsUnknownCached)
-			return nil
+			return nsMeta{}
 		}
 		delete(l.unknown, name)
 	}
@@ -145,7 +161,7 @@ func (l *namespaceLookup) Annotations(ctx context.Context, name string) map[stri
 			l.lastWarn.Store(now)
 			l.log.Info("too many requests waiting for namespaces the cache has not seen; using no namespace defaults", "namespace", name, "maxNamespaceWaits", l.maxWaits)
 		}
-		return nil
+		return nsMeta{}
 	}
 	l.waiting.Add(1)
 	defer l.waiting.Add(-1)
@@ -161,15 +177,15 @@ func (l *namespaceLookup) Annotations(ctx context.Context, name string) map[stri
 	case <-f.done:
 	case <-ctx.Done():
 		l.count(nsUnknown)
-		return nil
+		return nsMeta{}
 	}
 	if !f.found {
 		l.count(nsUnknown)
 		l.log.Info("namespace not in cache; using no namespace defaults", "namespace", name, "waited", l.wait)
-		return nil
+		return nsMeta{}
 	}
 	l.count(nsAppeared)
-	return f.ann
+	return f.meta
 }
 
 // await polls the cache for name until it appears or wait has passed, for every
@@ -178,9 +194,9 @@ func (l *namespaceLookup) await(name string, f *nsFlight) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.wait)
 	defer cancel()
 	for {
-		ann, err := l.get(ctx, name)
+		meta, err := l.get(ctx, name)
 		if err == nil {
-			f.ann, f.found = ann, true
+			f.meta, f.found = meta, true
 			break
 		}
 		if !apierrors.IsNotFound(err) && l.synced.Load() {

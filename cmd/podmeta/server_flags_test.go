@@ -27,6 +27,7 @@ func TestServerFlagDefaults(t *testing.T) {
 		{"--body-read-timeout=0"},
 		{"--max-request-bytes=0"},
 		{"--max-namespace-waits=-1"},
+		{"--workload-validation=block"},
 	} {
 		o := defaultServerOptions()
 		fs := flag.NewFlagSet("webhook", flag.ContinueOnError)

@@ -33,6 +33,7 @@ func (f *fakeNamespaces) Get(_ context.Context, key client.ObjectKey, obj client
 		return apierrors.NewNotFound(schema.GroupResource{Resource: "namespaces"}, key.Name)
 	}
 	obj.(*metav1.PartialObjectMetadata).Annotations = ann
+	obj.(*metav1.PartialObjectMetadata).Labels = map[string]string{"kubernetes.io/metadata.name": key.Name}
 	return nil
 }
 
@@ -156,5 +157,26 @@ func TestNamespaceOverflowCounted(t *testing.T) {
 	count := func(r string) int { return int(testutil.ToFloat64(m.WithLabelValues(r))) }
 	if found, unknown, overflow := count(nsFound), count(nsUnknown), count(nsOverflow); found != 1 || unknown != 2 || overflow != 3 {
 		t.Errorf("found %d unknown %d overflow %d, want 1 2 3", found, unknown, overflow)
+	}
+}
+
+// The workload path reads labels through the same lookup: a namespace's labels come
+// with its annotations, also for one that appears while the request waits.
+func TestNamespaceMetadataHasLabels(t *testing.T) {
+	c := &fakeNamespaces{ns: map[string]map[string]string{"real": {"x": "y"}}}
+	l := newNamespaceLookup(cacheGetter(c), synced(), time.Second, 2, newNamespaceLookupMetric(nil), logr.Discard())
+	labels, ann := l.Metadata(context.Background(), "real")
+	if labels["kubernetes.io/metadata.name"] != "real" || ann["x"] != "y" {
+		t.Errorf("got labels %v annotations %v", labels, ann)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		c.add("later", map[string]string{"a": "b"})
+	}()
+	if labels, ann := l.Metadata(context.Background(), "later"); labels["kubernetes.io/metadata.name"] != "later" || ann["a"] != "b" {
+		t.Errorf("appeared while waiting: got labels %v annotations %v", labels, ann)
+	}
+	if labels, ann := l.Metadata(context.Background(), "ghost"); labels != nil || ann != nil {
+		t.Errorf("unknown namespace: got labels %v annotations %v", labels, ann)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,10 @@ import (
 // MutatePath is where the webhook configuration sends pod admissions.
 const MutatePath = "/mutate-v1-pod"
 
+// WorkloadsPath is where the ValidatingWebhookConfiguration podmeta-workloads sends
+// workload reviews (webhook/workloads.go).
+const WorkloadsPath = "/validate-workloads"
+
 // serverOptions are the webhook server's flags; the injection defaults are webhook.Config's.
 type serverOptions struct {
 	kubeconfig       string
@@ -54,6 +59,7 @@ type serverOptions struct {
 	clientCAFile     string
 	gracefulShutdown time.Duration
 	shutdownDelay    time.Duration
+	workloads        string
 	zap              zap.Options
 	cfg              webhook.Config
 	certs            certs.Config
@@ -79,6 +85,7 @@ func defaultServerOptions() *serverOptions {
 		maxNSWaits:       defaultMaxNamespaceWaits,
 		gracefulShutdown: 30 * time.Second,
 		shutdownDelay:    5 * time.Second,
+		workloads:        webhook.WorkloadValidationDeny,
 		cfg:              webhook.DefaultConfig(),
 		certs:            certs.DefaultConfig(),
 	}
@@ -102,6 +109,7 @@ func (o *serverOptions) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.clientCAFile, "client-ca-file", o.clientCAFile, "PEM CA bundle: when set, every client (the kube-apiserver) must present a certificate it signed; the file is re-read when it changes (default: no client authentication)")
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish once the server stops")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", o.shutdownDelay, "after SIGTERM, keep serving this long, not ready and closing each connection after its response, so the apiserver moves to other replicas before this one stops")
+	fs.StringVar(&o.workloads, "workload-validation", o.workloads, "what "+WorkloadsPath+" does with a workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) whose pods podmeta would deny: deny (on CREATE and on an UPDATE that changes the template's podmeta annotations; a warning otherwise, and for objects a controller created), warn, or off (docs/workloads.md)")
 	o.zap.BindFlags(fs)
 	o.cfg.AddFlags(fs)
 	o.certs.AddFlags(fs)
@@ -223,6 +231,13 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	}
 	// GetWebhookServer also adds the server to the manager.
 	mgr.GetWebhookServer().Register(MutatePath, handler)
+	// Workload reviews share the pod path's body bounds, budget and in-flight slots.
+	mgr.GetWebhookServer().Register(WorkloadsPath, handler.Workloads(&webhook.WorkloadValidator{
+		Injector:   injector,
+		Mode:       o.workloads,
+		Namespaces: namespaces.Metadata,
+		Metrics:    webhook.NewWorkloadMetrics(crmetrics.Registry),
+	}))
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
@@ -253,7 +268,7 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		return err
 	}
 	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace, "certMode", o.certs.EffectiveMode(),
-		"clientAuth", o.clientCAFile != "", "maxInFlight", o.maxInFlight, "maxRequestBytes", o.maxBodyBytes, "bodyBudgetBytes", o.bodyBudget, "bodyReadTimeout", o.bodyReadTimeout, "largeBodyBytes", o.largeBodyBytes, "largeBodyRate", o.largeBodyRate)
+		"clientAuth", o.clientCAFile != "", "workloadValidation", o.workloads, "maxInFlight", o.maxInFlight, "maxRequestBytes", o.maxBodyBytes, "bodyBudgetBytes", o.bodyBudget, "bodyReadTimeout", o.bodyReadTimeout, "largeBodyBytes", o.largeBodyBytes, "largeBodyRate", o.largeBodyRate)
 	// The manager gets its own context: on SIGTERM podmeta first drains for
 	// --shutdown-delay, then stops the manager, which finishes in-flight requests.
 	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
@@ -293,6 +308,9 @@ func (o *serverOptions) validate() error {
 	}
 	if o.bodyReadTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--body-read-timeout=%s: must be positive", o.bodyReadTimeout))
+	}
+	if !slices.Contains(webhook.WorkloadValidationModes, o.workloads) {
+		errs = append(errs, fmt.Errorf("--workload-validation=%q: valid values are %s", o.workloads, strings.Join(webhook.WorkloadValidationModes, ", ")))
 	}
 	if o.maxInFlight < 0 || o.maxNSWaits < 0 {
 		errs = append(errs, errors.New("--max-in-flight and --max-namespace-waits must not be negative"))

@@ -1,0 +1,380 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/go-logr/logr"
+)
+
+// Workload validation (docs/workloads.md): a validating webhook on the same server
+// answers the CREATE and UPDATE of Deployments, StatefulSets, DaemonSets, ReplicaSets,
+// Jobs and CronJobs that carry a podmeta.io/ annotation, so that what podmeta would say
+// to their pods is said at `kubectl apply`, where the user is looking. It never mutates.
+// It plans the pod template with the same Injector as the pod path (the same settings
+// table, the same denials), not a copy of its checks.
+
+// Modes of --workload-validation.
+const (
+	// WorkloadValidationDeny denies a workload whose pods podmeta would deny, on CREATE
+	// and on an UPDATE that changes the template's podmeta annotations (default).
+	WorkloadValidationDeny = "deny"
+	// WorkloadValidationWarn only warns.
+	WorkloadValidationWarn = "warn"
+	// WorkloadValidationOff answers every review allowed, without a look.
+	WorkloadValidationOff = "off"
+)
+
+// WorkloadValidationModes lists the valid values of --workload-validation.
+var WorkloadValidationModes = []string{WorkloadValidationDeny, WorkloadValidationWarn, WorkloadValidationOff}
+
+// Results of podmeta_workload_reviews_total.
+const (
+	WorkloadAllowed = "allowed" // looked at, nothing to say
+	WorkloadWarned  = "warned"  // allowed with warnings
+	WorkloadDenied  = "denied"  // its pods would be denied
+	WorkloadSkipped = "skipped" // not looked at: off, excluded namespace, not a workload
+)
+
+// NamespaceMetadata returns a namespace's labels and annotations from a local cache (nil
+// for a namespace it does not know): the handler does no network I/O per request.
+type NamespaceMetadata func(ctx context.Context, namespace string) (labels, annotations map[string]string)
+
+// WorkloadValidator answers workload reviews. Serve it with Handler.Workloads, which
+// reads the body under the same bounds as pods.
+type WorkloadValidator struct {
+	Injector   *Injector
+	Mode       string            // a WorkloadValidation* mode; "" is deny
+	Namespaces NamespaceMetadata // nil: every namespace is unknown (not opted in)
+	Metrics    *WorkloadMetrics  // nil: not counted
+}
+
+// Workloads returns the HTTP handler of workload validation: v's decisions, behind h's
+// body limits, read timeout, byte budget, in-flight slots and panic recovery (shared
+// with the pod path, so the two together stay within them).
+func (h *Handler) Workloads(v *WorkloadValidator) http.Handler { return workloadHTTP{h, v} }
+
+type workloadHTTP struct {
+	h *Handler
+	v *WorkloadValidator
+}
+
+func (x workloadHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) { x.h.serve(w, r, x.v) }
+
+// templatePaths says where each kind keeps its pod template.
+var templatePaths = map[string]string{
+	"apps/Deployment":  "spec.template",
+	"apps/StatefulSet": "spec.template",
+	"apps/DaemonSet":   "spec.template",
+	"apps/ReplicaSet":  "spec.template",
+	"batch/Job":        "spec.template",
+	"batch/CronJob":    "spec.jobTemplate.spec.template",
+}
+
+// workloadReview is the part of a workload's AdmissionReview the validator reads.
+type workloadReview struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Request    *struct {
+		UID  string `json:"uid"`
+		Kind struct {
+			Group string `json:"group"`
+			Kind  string `json:"kind"`
+		} `json:"kind"`
+		SubResource string        `json:"subResource"`
+		Namespace   string        `json:"namespace"`
+		Name        string        `json:"name"`
+		Operation   string        `json:"operation"`
+		Object      *workloadView `json:"object"`
+		OldObject   *workloadView `json:"oldObject"`
+	} `json:"request"`
+}
+
+// workloadView is the part of a workload the validator reads; the template is kept
+// as JSON and decoded as a pod (podView), as the pod path decodes one.
+type workloadView struct {
+	Metadata struct {
+		Name            string            `json:"name"`
+		GenerateName    string            `json:"generateName"`
+		Annotations     map[string]string `json:"annotations"`
+		OwnerReferences []struct {
+			Kind       string `json:"kind"`
+			Name       string `json:"name"`
+			Controller *bool  `json:"controller"`
+		} `json:"ownerReferences"`
+	} `json:"metadata"`
+	Spec struct {
+		Template    jsontext.Value `json:"template"`
+		JobTemplate struct {
+			Spec struct {
+				Template jsontext.Value `json:"template"`
+			} `json:"spec"`
+		} `json:"jobTemplate"`
+	} `json:"spec"`
+}
+
+func (o *workloadView) template(cronJob bool) jsontext.Value {
+	if cronJob {
+		return o.Spec.JobTemplate.Spec.Template
+	}
+	return o.Spec.Template
+}
+
+// controller is the kind and name of the object's controller, "" without one.
+func (o *workloadView) controller() string {
+	for _, ref := range o.Metadata.OwnerReferences {
+		if ref.Controller != nil && *ref.Controller {
+			return ref.Kind + " " + clip(ref.Name)
+		}
+	}
+	return ""
+}
+
+// templateExtras is what the workload checks read of a template beyond the podView.
+type templateExtras struct {
+	Metadata struct {
+		Labels map[string]string `json:"labels"`
+	} `json:"metadata"`
+	Spec struct {
+		InitContainers []proxyView `json:"initContainers"`
+		Containers     []proxyView `json:"containers"`
+	} `json:"spec"`
+}
+
+type proxyView struct {
+	Name    string   `json:"name"`
+	Image   string   `json:"image"`
+	Command []string `json:"command"`
+	Args    []string `json:"args"`
+}
+
+// admitWorkload decides on a workload review in body.
+func (v *WorkloadValidator) admitWorkload(ctx context.Context, body []byte, log *logr.Logger) (*reviewResponse, error) {
+	m := v.Metrics
+	var rev workloadReview
+	if err := unmarshal(body, &rev); err != nil {
+		return nil, &httpError{http.StatusBadRequest, "not a workload AdmissionReview: " + err.Error()}
+	}
+	if err := checkReview(rev.APIVersion, rev.Kind, rev.Request != nil, rev.Request != nil && rev.Request.UID != ""); err != nil {
+		return nil, err
+	}
+	req := rev.Request
+	resp := &reviewResponse{APIVersion: rev.APIVersion, Kind: rev.Kind, Response: response{UID: req.UID, Allowed: true}}
+	kindKey := req.Kind.Group + "/" + req.Kind.Kind
+	_, known := templatePaths[kindKey]
+	if v.Mode == WorkloadValidationOff || !known || req.SubResource != "" || (req.Operation != "CREATE" && req.Operation != "UPDATE") ||
+		v.Injector.excludedNS[req.Namespace] {
+		m.count(WorkloadSkipped)
+		return resp, nil
+	}
+	if req.Object == nil {
+		return nil, &httpError{http.StatusBadRequest, fmt.Sprintf("a %s %s review has no request.object", req.Kind.Kind, req.Operation)}
+	}
+	*log = log.WithValues("uid", req.UID, "namespace", req.Namespace, "kind", req.Kind.Kind, "name", req.Name)
+	var nsLabels, nsAnn map[string]string
+	if v.Namespaces != nil {
+		nsLabels, nsAnn = v.Namespaces(ctx, req.Namespace)
+	}
+	w := workload{
+		kind: req.Kind.Kind, namespace: req.Namespace, operation: req.Operation,
+		object: req.Object, old: req.OldObject, cronJob: kindKey == "batch/CronJob",
+		nsLabels: nsLabels, nsAnnotations: nsAnn,
+	}
+	deny, warnings := v.check(&w)
+	resp.Response.Warnings = capWarnings(warnings)
+	switch {
+	case deny != "":
+		log.Info("workload denied", "reason", deny)
+		m.count(WorkloadDenied)
+		resp.Response.Allowed = false
+		resp.Response.Status = &status{Code: http.StatusForbidden, Reason: "Forbidden", Message: deny}
+	case len(warnings) > 0:
+		log.V(1).Info("workload warned", "warnings", len(warnings))
+		m.count(WorkloadWarned)
+	default:
+		m.count(WorkloadAllowed)
+	}
+	return resp, nil
+}
+
+// workload is one review's object, in the terms of check.
+type workload struct {
+	kind, namespace, operation string
+	object, old                *workloadView
+	cronJob                    bool
+	nsLabels, nsAnnotations    map[string]string
+}
+
+// check returns a denial ("" for none) and warnings for w; see docs/workloads.md.
+func (v *WorkloadValidator) check(w *workload) (deny string, warnings []string) {
+	path := "spec.template"
+	if w.cronJob {
+		path = "spec.jobTemplate.spec.template"
+	}
+	// 1. podmeta annotations on the workload's own metadata do nothing.
+	if keys := podmetaKeys(w.object.Metadata.Annotations); len(keys) > 0 {
+		warnings = append(warnings, fmt.Sprintf("podmeta: %s on the %s's own metadata.annotations %s ignored: podmeta reads the pod's annotations; move %s to %s.metadata.annotations",
+			nameSome(keys), w.kind, isAre(len(keys)), itThem(len(keys)), path))
+	}
+
+	raw := w.object.template(w.cronJob)
+	var pod podView
+	var extras templateExtras
+	if len(raw) > 0 && string(raw) != "null" {
+		if err := unmarshal(raw, &pod); err != nil {
+			return "", append(warnings, "podmeta: "+path+" is not a pod template: "+clip(err.Error()))
+		}
+		_ = unmarshal(raw, &extras) // the same JSON just decoded as a podView
+	}
+	tmplKeys := podmetaKeys(pod.Metadata.Annotations)
+	if len(tmplKeys) == 0 && len(podmetaKeys(w.object.Metadata.Annotations)) == 0 {
+		return "", warnings
+	}
+	// Opted out the ways the MutatingWebhookConfiguration honours (objectSelector,
+	// matchConditions): its pods never reach podmeta, so nothing more applies.
+	if extras.Metadata.Labels[LabelInject] == "disabled" || norm(pod.Metadata.Annotations[AnnotationInject]) == "false" {
+		return "", warnings
+	}
+
+	// 2. A namespace not opted in: no pod of it reaches podmeta.
+	if w.nsLabels[LabelInject] != "enabled" {
+		return "", append(warnings, fmt.Sprintf("podmeta: namespace %s is not opted in, so podmeta ignores the podmeta.io/ annotations of this %s's pods and injects nothing; to inject them, label the namespace: kubectl label namespace %s %s=enabled",
+			w.namespace, w.kind, w.namespace, LabelInject))
+	}
+	if len(tmplKeys) == 0 {
+		return "", warnings
+	}
+
+	// 3. What each pod would get: the pod path's own plan, offline (admitted false: the
+	// ServiceAccount plugin and later webhooks have not run on a template).
+	pod.Metadata.Namespace = w.namespace
+	plan, err := v.Injector.plan(&pod, w.namespace, w.nsAnnotations, false)
+	if err != nil {
+		msg := fmt.Sprintf("podmeta would deny every pod of this %s: %s", w.kind, err.Error())
+		switch owner := w.object.controller(); {
+		case v.Mode == WorkloadValidationWarn:
+			warnings = append(warnings, "podmeta: "+msg+" (--workload-validation=warn)")
+		case owner != "":
+			// A controller's object (a Deployment's ReplicaSet, a CronJob's Job): denying
+			// it would stick a rollout; its owner was judged when it was applied.
+			warnings = append(warnings, "podmeta: "+msg+" (created by "+owner+": warned, not denied)")
+		case w.operation == "UPDATE" && w.old != nil && samePodmetaAnnotations(w.old.template(w.cronJob), pod.Metadata.Annotations):
+			// Already wrong before this change: let it be scaled, patched or deleted.
+			warnings = append(warnings, "podmeta: "+msg+" (the template's podmeta annotations are unchanged by this update: warned, not denied)")
+		default:
+			return msg + "; fix " + path + ".metadata.annotations", warnings
+		}
+		return "", warnings
+	}
+	warnings = append(warnings, plan.Warnings...)
+
+	// 4. A kubectl proxy already in the pod next to the ambassador.
+	s := v.Injector.base
+	_, _ = s.overlay(sourceNamespace, w.nsAnnotations) // valid: plan just succeeded
+	_, _ = s.overlay(sourcePod, pod.Metadata.Annotations)
+	if s.Inject && s.Ambassador {
+		for _, list := range [][]proxyView{extras.Spec.InitContainers, extras.Spec.Containers} {
+			for _, c := range list {
+				if c.Name != AmbassadorContainerName && runsKubectlProxy(c) {
+					warnings = append(warnings, fmt.Sprintf("podmeta: container %q runs kubectl proxy (image %s), and %s adds podmeta's API ambassador on 127.0.0.1:%d: two API proxies in one pod, and two listeners if both use port %d; remove the container, or set %s: \"false\"",
+						clip(c.Name), clip(c.Image), AnnotationAmbassador, s.AmbassadorPort, s.AmbassadorPort, AnnotationAmbassador))
+				}
+			}
+		}
+	}
+	return "", warnings
+}
+
+// podmetaKeys lists the podmeta annotations a user sets (not the ones podmeta writes),
+// sorted.
+func podmetaKeys(ann map[string]string) []string {
+	var keys []string
+	for k := range ann {
+		if strings.HasPrefix(k, Prefix) && k != AnnotationStatus && k != AnnotationInjected {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// samePodmetaAnnotations reports whether the old template (JSON) has exactly the
+// podmeta annotations ann has.
+func samePodmetaAnnotations(oldTemplate jsontext.Value, ann map[string]string) bool {
+	var old struct {
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+	}
+	if len(oldTemplate) > 0 {
+		if err := unmarshal(oldTemplate, &old); err != nil {
+			return false
+		}
+	}
+	return maps.Equal(podmetaOnly(old.Metadata.Annotations), podmetaOnly(ann))
+}
+
+func podmetaOnly(ann map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, k := range podmetaKeys(ann) {
+		out[k] = ann[k]
+	}
+	return out
+}
+
+// kubectlProxyImages are images known to run `kubectl proxy`, the ambassador podmeta
+// replaces (docs/workloads.md): always, or when the container's command or args say
+// "proxy". An image matches by its repository, whatever its registry, tag or digest.
+var kubectlProxyImages = []struct {
+	repository string
+	always     bool
+}{
+	{"luksa/kubectl-proxy", true}, // the ambassador of "Kubernetes in Action"
+	{"bitnami/kubectl", false},
+	{"rancher/kubectl", false},
+	{"alpine/k8s", false},
+	{"lachlanevenson/k8s-kubectl", false},
+	{"registry.k8s.io/kubectl", false},
+}
+
+// runsKubectlProxy reports whether c is a known kubectl proxy image running as one.
+func runsKubectlProxy(c proxyView) bool {
+	repo := imageRepository(c.Image)
+	for _, k := range kubectlProxyImages {
+		if repo != k.repository && !strings.HasSuffix(repo, "/"+k.repository) {
+			continue
+		}
+		return k.always || slices.Contains(c.Command, "proxy") || slices.Contains(c.Args, "proxy")
+	}
+	return false
+}
+
+// imageRepository is an image reference without its tag or digest.
+func imageRepository(image string) string {
+	if i := strings.IndexByte(image, '@'); i >= 0 {
+		image = image[:i]
+	}
+	if i := strings.LastIndexByte(image, ':'); i > strings.LastIndexByte(image, '/') {
+		image = image[:i]
+	}
+	return image
+}
+
+func isAre(n int) string {
+	if n == 1 {
+		return "is"
+	}
+	return "are"
+}
+
+func itThem(n int) string {
+	if n == 1 {
+		return "it"
+	}
+	return "them"
+}
