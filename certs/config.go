@@ -48,6 +48,10 @@ type Config struct {
 	// WebhookConfigName is the MutatingWebhookConfiguration whose caBundle is kept
 	// current (every webhook in it).
 	WebhookConfigName string
+	// ValidatingWebhookConfigName is the ValidatingWebhookConfiguration (workload
+	// validation) whose caBundle is kept current too; empty: WebhookConfigName +
+	// "-workloads". It is optional: while it does not exist there is nothing to keep.
+	ValidatingWebhookConfigName string
 	// ServiceName is the webhook Service; its DNS names are the certificate's SANs.
 	ServiceName string
 	// ExtraSANs are more DNS names or IP addresses for the serving certificate.
@@ -91,6 +95,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.KeyName, "key-name", c.KeyName, "serving key file in --cert-dir")
 	fs.StringVar(&c.Secret, "cert-secret", c.Secret, "self-managed: Secret in --namespace holding the CA and serving certificate")
 	fs.StringVar(&c.WebhookConfigName, "webhook-config-name", c.WebhookConfigName, "self-managed: MutatingWebhookConfiguration whose caBundle podmeta keeps current")
+	fs.StringVar(&c.ValidatingWebhookConfigName, "validating-webhook-config-name", c.ValidatingWebhookConfigName, "self-managed: ValidatingWebhookConfiguration (workload validation) whose caBundle podmeta keeps current, when it exists (default: --webhook-config-name + \"-workloads\")")
 	fs.StringVar(&c.ServiceName, "service-name", c.ServiceName, "self-managed: webhook Service; its DNS names are the certificate's SANs")
 	fs.Func("extra-sans", "self-managed: comma list of more DNS names or IPs for the serving certificate", func(s string) error {
 		c.ExtraSANs = nil
@@ -107,6 +112,14 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.CARenewBefore, "ca-renew-before", c.CARenewBefore, "self-managed: rotate the CA this long before it expires")
 	fs.DurationVar(&c.CertRenewBefore, "cert-renew-before", c.CertRenewBefore, "self-managed: renew the serving certificate this long before it expires")
 	fs.DurationVar(&c.CheckInterval, "cert-check-interval", c.CheckInterval, "how often the certificate Secret, caBundle or files are checked")
+}
+
+// ValidatingName resolves an empty ValidatingWebhookConfigName.
+func (c *Config) ValidatingName() string {
+	if c.ValidatingWebhookConfigName != "" {
+		return c.ValidatingWebhookConfigName
+	}
+	return c.WebhookConfigName + "-workloads"
 }
 
 // EffectiveMode resolves an empty Mode.
@@ -174,7 +187,7 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("--cert-mode %q: valid values are %s, %s, %s", c.Mode, ModeSelfManaged, ModeCertManager, ModeExternal)
 	}
-	for flagName, v := range map[string]string{"--namespace": c.Namespace, "--cert-secret": c.Secret, "--webhook-config-name": c.WebhookConfigName} {
+	for flagName, v := range map[string]string{"--namespace": c.Namespace, "--cert-secret": c.Secret, "--webhook-config-name": c.WebhookConfigName, "--validating-webhook-config-name": c.ValidatingName()} {
 		for _, msg := range validation.IsDNS1123Subdomain(v) {
 			errs = append(errs, fmt.Errorf("%s %q: %s", flagName, v, msg))
 		}

@@ -4,7 +4,11 @@
 // The contract: the server's tls.Config takes GetCertificate from a Source, the manager
 // runs the Source (it is a Runnable), and /readyz includes Source.Ready. A Source is not
 // ready until it serves a certificate, and in self-managed mode not until the caBundle
-// of podmeta's MutatingWebhookConfiguration holds the CA that signed it. In every mode
+// of podmeta's MutatingWebhookConfiguration holds the CA that signed it. The
+// ValidatingWebhookConfiguration of workload validation (--validating-webhook-config-name)
+// gets the same caBundle in every mode, but it is optional and does not gate readiness:
+// self-managed mode keeps it when it exists and podmeta may write it (a CA rotation then
+// waits for it too), and cert-manager's cainjector fills it from the same Certificate. In every mode
 // the gauge podmeta_serving_certificate_expiry_timestamp_seconds is the NotAfter of the
 // certificate being served.
 //
@@ -12,7 +16,7 @@
 //     namespace (ca.crt, ca.key, tls.crt, tls.key and, during a CA rotation,
 //     ca-previous.crt). Every replica polls the Secret each --cert-check-interval, serves
 //     its certificate from memory and writes the caBundle of every webhook in the named
-//     configuration. Renewals are computed by a pure function of the clock and the Secret
+//     configuration (and of the workload validation's). Renewals are computed by a pure function of the clock and the Secret
 //     (plan); replicas agree through the Secret's resourceVersion (an Update that
 //     conflicts is dropped and the winner's Secret adopted), so no leader election is
 //     needed. A CA rotation has an overlap window: the new CA joins the caBundle first,

@@ -11,8 +11,11 @@ import (
 	"github.com/go-logr/logr"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 )
 
 // testConfig rotates in seconds: the serving certificate every 3s, the CA every 10s.
@@ -184,6 +187,7 @@ func TestCertSelfManagedRotation(t *testing.T) {
 	cs := fake.NewClientset(
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Secret, Namespace: c.Namespace}},
 		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.WebhookConfigName}, Webhooks: webhooks},
+		&admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.ValidatingName()}, Webhooks: []admissionregistrationv1.ValidatingWebhook{{Name: "workloads.podmeta.io"}}},
 	)
 	s := NewSelfManaged(c, cs, NewExpiryGauge(nil), logr.Discard())
 	now := t0
@@ -200,16 +204,25 @@ func TestCertSelfManagedRotation(t *testing.T) {
 		}
 		cert, _ := s.GetCertificate(nil)
 		whc, _ := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, c.WebhookConfigName, metav1.GetOptions{})
-		pool := x509.NewCertPool()
+		vwc, _ := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, c.ValidatingName(), metav1.GetOptions{})
+		bundles := map[string][]byte{}
 		for _, wh := range whc.Webhooks {
-			if !pool.AppendCertsFromPEM(wh.ClientConfig.CABundle) {
-				t.Fatalf("step %d: webhook %s has no CA", step, wh.Name)
-			}
-			maxCAs = max(maxCAs, len(parsePEMCerts(wh.ClientConfig.CABundle)))
+			bundles[wh.Name] = wh.ClientConfig.CABundle
+		}
+		for _, wh := range vwc.Webhooks { // the workload validation's, kept current too
+			bundles[wh.Name] = wh.ClientConfig.CABundle
+		}
+		if len(bundles) != 3 {
+			t.Fatalf("step %d: %d webhooks, want 3", step, len(bundles))
+		}
+		for name, bundle := range bundles {
+			maxCAs = max(maxCAs, len(parsePEMCerts(bundle)))
 			p := x509.NewCertPool()
-			p.AppendCertsFromPEM(wh.ClientConfig.CABundle)
+			if !p.AppendCertsFromPEM(bundle) {
+				t.Fatalf("step %d: webhook %s has no CA", step, name)
+			}
 			if _, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: p, CurrentTime: now, DNSName: "podmeta-webhook.podmeta-system.svc"}); err != nil {
-				t.Fatalf("step %d: served certificate does not verify against %s's caBundle: %v", step, wh.Name, err)
+				t.Fatalf("step %d: served certificate does not verify against %s's caBundle: %v", step, name, err)
 			}
 		}
 		certs[cert.Leaf.SerialNumber.String()] = true
@@ -298,5 +311,57 @@ func TestCertOverlapWithoutAnnotations(t *testing.T) {
 	}
 	if string(read().Data[KeyCACert]) != string(newCA) {
 		t.Error("the CA changed again")
+	}
+}
+
+// The workload validation's configuration is optional, and one podmeta may not update
+// must not stop the mutating webhook's caBundle (which pods need) from being kept: a
+// missing one is no error, and a forbidden update is logged while the rotation goes on.
+func TestCertValidatingConfigOptional(t *testing.T) {
+	c := testConfig()
+	for _, tc := range []struct {
+		name      string
+		objects   bool // the ValidatingWebhookConfiguration exists
+		forbidden bool // updating it is forbidden
+	}{{"missing", false, false}, {"forbidden", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := []runtime.Object{
+				&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Secret, Namespace: c.Namespace}},
+				&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.WebhookConfigName}, Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "a.podmeta.io"}}},
+			}
+			if tc.objects {
+				objs = append(objs, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.ValidatingName()}, Webhooks: []admissionregistrationv1.ValidatingWebhook{{Name: "workloads.podmeta.io"}}})
+			}
+			cs := fake.NewClientset(objs...)
+			if tc.forbidden {
+				cs.PrependReactor("update", "validatingwebhookconfigurations", func(k8stesting.Action) (bool, runtime.Object, error) {
+					return true, nil, apierrors.NewForbidden(admissionregistrationv1.Resource("validatingwebhookconfigurations"), c.ValidatingName(), errors.New("RBAC"))
+				})
+			}
+			s := NewSelfManaged(c, cs, NewExpiryGauge(nil), logr.Discard())
+			now := t0
+			s.Now = func() time.Time { return now }
+			serials := map[string]bool{}
+			var switched time.Duration // when a certificate of a second CA was first served
+			for ; now.Before(t0.Add(25 * time.Second)); now = now.Add(time.Second) {
+				if err := s.Check(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Ready(nil); err != nil {
+					t.Fatalf("%s: not ready: %v", now.Sub(t0), err)
+				}
+				cert, _ := s.GetCertificate(nil)
+				serials[string(cert.Leaf.AuthorityKeyId)] = true
+				if len(serials) == 2 && switched == 0 {
+					switched = now.Sub(t0)
+				}
+			}
+			// The CA rotation begins at 10 s (CA validity 20 s, renewed 10 s before) and the
+			// new CA is served once the mutating caBundle held it for a check interval: not
+			// held up until the old serving certificate expires (15 s).
+			if len(serials) < 2 || switched > 13*time.Second {
+				t.Errorf("served certificates of %d CAs in 25 s, the second from %s; want a CA rotation served by 13 s", len(serials), switched)
+			}
+		})
 	}
 }

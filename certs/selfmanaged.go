@@ -32,6 +32,12 @@ type SelfManaged struct {
 	served  atomic.Pointer[served]
 	trusted atomic.Bool // the caBundle holds the CA that signed the served certificate
 	started bool        // one check succeeded: later permission errors are not fatal
+
+	// validatingOK: the last write (or read) of the ValidatingWebhookConfiguration's
+	// caBundle succeeded, so a CA rotation waits for it too; validatingErr is the last
+	// error about it, logged once until it changes.
+	validatingOK  bool
+	validatingErr string
 }
 
 type served struct {
@@ -99,6 +105,7 @@ func (s *SelfManaged) check(ctx context.Context) error {
 		s.trusted.Store(false)
 		return s.explain(err, "read MutatingWebhookConfiguration "+s.cfg.WebhookConfigName)
 	}
+	vwc := s.readValidating(ctx)
 	secrets := s.client.CoreV1().Secrets(s.cfg.Namespace)
 	secret, err := secrets.Get(ctx, s.cfg.Secret, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -114,7 +121,11 @@ func (s *SelfManaged) check(ctx context.Context) error {
 		}
 	}
 	now := s.Now()
-	p := plan(now, m, m != nil && bundlesContain(whc, m.CA), s.cfg.timing())
+	// The workload validation's bundle counts once podmeta could write it: a
+	// configuration it may not update must not hold up a rotation (its failurePolicy
+	// is Ignore: a stale bundle skips validation, it blocks nothing).
+	hasCA := m != nil && bundlesContain(whc, m.CA) && (vwc == nil || !s.validatingOK || validatingBundlesContain(vwc, m.CA))
+	p := plan(now, m, hasCA, s.cfg.timing())
 	if p.Action != ActionNone {
 		next, err := apply(now, p, m, &s.cfg)
 		if err != nil {
@@ -132,6 +143,13 @@ func (s *SelfManaged) check(ctx context.Context) error {
 
 	if err := s.syncBundle(ctx, whc, m); err != nil {
 		return err
+	}
+	if vwc != nil {
+		if err := s.syncValidatingBundle(ctx, vwc, m); errors.Is(err, errConflict) {
+			return err
+		} else if err != nil {
+			s.validatingProblem(err)
+		}
 	}
 	s.serve(m)
 	s.trusted.Store(bundlesContain(whc, m.Issuer()))
@@ -203,6 +221,63 @@ func (s *SelfManaged) syncBundle(ctx context.Context, whc *admissionregistration
 	return nil
 }
 
+// readValidating reads the workload validation's configuration: nil when it does not
+// exist (it is optional) or cannot be read (logged; the mutating webhook, which pods
+// need, is kept current regardless).
+func (s *SelfManaged) readValidating(ctx context.Context) *admissionregistrationv1.ValidatingWebhookConfiguration {
+	name := s.cfg.ValidatingName()
+	vwc, err := s.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		s.validatingOK = false
+		if s.validatingErr != "not found" {
+			s.validatingErr = "not found"
+			s.log.Info("no ValidatingWebhookConfiguration for workload validation; nothing to keep current until it exists", "validatingWebhookConfiguration", name)
+		}
+		return nil
+	case err != nil:
+		s.validatingProblem(s.explain(err, "read ValidatingWebhookConfiguration "+name))
+		return nil
+	}
+	return vwc
+}
+
+// validatingProblem logs an error about the workload validation's caBundle, once until
+// it changes.
+func (s *SelfManaged) validatingProblem(err error) {
+	s.validatingOK = false
+	if msg := err.Error(); msg != s.validatingErr {
+		s.validatingErr = msg
+		s.log.Error(err, "caBundle of the workload validation not kept current; pods are not affected (its failurePolicy is Ignore)")
+	}
+}
+
+// syncValidatingBundle makes every workload webhook's caBundle exactly m's CAs.
+func (s *SelfManaged) syncValidatingBundle(ctx context.Context, vwc *admissionregistrationv1.ValidatingWebhookConfiguration, m *Material) error {
+	want := m.Bundle()
+	changed := false
+	for i := range vwc.Webhooks {
+		if !sameCerts(vwc.Webhooks[i].ClientConfig.CABundle, want) {
+			vwc.Webhooks[i].ClientConfig.CABundle = want
+			changed = true
+		}
+	}
+	if changed {
+		_, err := s.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Update(ctx, vwc, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			return errConflict
+		}
+		if err != nil {
+			return s.explain(err, "update caBundle of ValidatingWebhookConfiguration "+vwc.Name)
+		}
+		s.log.Info("caBundle updated", "validatingWebhookConfiguration", vwc.Name, "webhooks", len(vwc.Webhooks), "cas", len(parsePEMCerts(want)))
+	}
+	if !s.validatingOK || s.validatingErr != "" {
+		s.validatingOK, s.validatingErr = true, ""
+	}
+	return nil
+}
+
 // serve switches to m's serving certificate if it is new.
 func (s *SelfManaged) serve(m *Material) {
 	if cur := s.served.Load(); cur != nil && string(cur.pem) == string(m.CertPEM) {
@@ -233,6 +308,16 @@ func bundlesContain(whc *admissionregistrationv1.MutatingWebhookConfiguration, c
 		return false
 	}
 	for _, wh := range whc.Webhooks {
+		if !bundleContains(wh.ClientConfig.CABundle, ca) {
+			return false
+		}
+	}
+	return true
+}
+
+// validatingBundlesContain is bundlesContain for the workload validation.
+func validatingBundlesContain(vwc *admissionregistrationv1.ValidatingWebhookConfiguration, ca *x509.Certificate) bool {
+	for _, wh := range vwc.Webhooks {
 		if !bundleContains(wh.ClientConfig.CABundle, ca) {
 			return false
 		}
