@@ -5,6 +5,7 @@
 //	podmeta inject   -f FILE [flags]   mutate manifests offline, as the webhook would
 //	podmeta explain  -f FILE [flags]   show what each pod would get, and why not
 //	podmeta uninject -f FILE [flags]   remove what podmeta added, as its record says
+//	podmeta doctor   -n NS (POD | KIND/NAME | -f FILE)   why a pod is (not) injected, asked of the cluster
 //	podmeta version
 package main
 
@@ -32,7 +33,14 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
+		var status *exitStatus
+		switch {
+		case errors.As(err, &status):
+			if status.err != nil {
+				fmt.Fprintln(os.Stderr, programName()+":", status.err)
+			}
+			os.Exit(status.code)
+		case !errors.Is(err, flag.ErrHelp):
 			fmt.Fprintln(os.Stderr, programName()+":", err)
 		}
 		os.Exit(1)
@@ -56,6 +64,7 @@ func commands() []command {
 		{"inject", "mutate Pods and workload pod templates in YAML or JSON manifests offline", runInject},
 		{"explain", "show per pod what would be injected, what would be skipped and why", runExplain},
 		{"uninject", "remove what podmeta added to Pods and pod templates, as their status record says", runUninject},
+		{"doctor", "check against the cluster why a pod, workload or manifest is (not) injected, with a fix per check", runDoctor},
 		{"policy", "render the injection as a MutatingAdmissionPolicy and a ValidatingAdmissionPolicy (Kubernetes >= 1.36)", runPolicy},
 		{"version", "print the version", runVersion},
 	}
