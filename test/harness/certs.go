@@ -47,7 +47,8 @@ func ReadManifests(rel string) ([]*unstructured.Unstructured, error) {
 // (config/rbac/certs_role.yaml and certs_role_binding.yaml) as shipped except for names:
 // the Secret and webhook configuration it grants are secret and webhookConfig, and the
 // Role, ClusterRole and bindings get "-"+webhookConfig appended, so that several tests'
-// podmeta servers each get their own. The subject stays podmeta's ServiceAccount.
+// podmeta servers each get their own. The workload validation's configuration granted is
+// webhookConfig+"-workloads", which is podmeta's default for it. The subject stays podmeta's ServiceAccount.
 func (cp *ControlPlane) ApplyCertsRBAC(ctx context.Context, secret, webhookConfig string) error {
 	var objs []*unstructured.Unstructured
 	for _, f := range []string{"config/rbac/certs_role.yaml", "config/rbac/certs_role_binding.yaml"} {
@@ -71,6 +72,9 @@ func (cp *ControlPlane) ApplyCertsRBAC(ctx context.Context, secret, webhookConfi
 					rule["resourceNames"] = []any{secret}
 				case "mutatingwebhookconfigurations":
 					rule["resourceNames"] = []any{webhookConfig}
+				case "validatingwebhookconfigurations":
+					// podmeta's default --validating-webhook-config-name for webhookConfig.
+					rule["resourceNames"] = []any{webhookConfig + "-workloads"}
 				}
 			}
 			if err := unstructured.SetNestedSlice(u.Object, rules, "rules"); err != nil {
