@@ -195,7 +195,7 @@ func TestWorkloadNamespaceNotOptedInWarned(t *testing.T) {
 	ns2 := namespace(t, map[string]string{}, nil)
 	if _, err := cs.AppsV1().StatefulSets(ns2).Create(t.Context(), &appsv1.StatefulSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "db"},
-		Spec: appsv1.StatefulSetSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}, Template: testDeployment("db", map[string]string{webhook.AnnotationEnv: "all"}).Spec.Template},
+		Spec:       appsv1.StatefulSetSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}, Template: testDeployment("db", map[string]string{webhook.AnnotationEnv: "all"}).Spec.Template},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
