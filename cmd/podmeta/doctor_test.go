@@ -276,3 +276,22 @@ func TestDoctorPodmetaFlags(t *testing.T) {
 		t.Errorf("cert-manager mode: cert secret %q", got)
 	}
 }
+
+// The text checklist: one line a check, its fix under a warn or fail, the result.
+func TestDoctorText(t *testing.T) {
+	r := &report{Target: "pod/web", Namespace: "demo", Modes: []string{"webhook"}, Exit: 1, Checks: []check{
+		ok("rules", "match pod CREATE"),
+		fail("namespace selector", "kubectl label namespace demo podmeta.io/inject=enabled --overwrite", "namespace demo does not match podmeta.io/inject in (enabled)"),
+	}}
+	var b strings.Builder
+	r.writeText(&b)
+	want := `pod/web in namespace demo (webhook)
+[ok  ] rules: match pod CREATE
+[fail] namespace selector: namespace demo does not match podmeta.io/inject in (enabled)
+       fix: kubectl label namespace demo podmeta.io/inject=enabled --overwrite
+result: not injected (exit 1)
+`
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
