@@ -20,23 +20,33 @@ func litList(ss []string) string {
 	return "[" + strings.Join(q, ", ") + "]"
 }
 
-// template turns an object the engine builds into a CEL literal of the typed Object
-// the apiserver's JSONPatch mutations take (Object.spec.containers.env{…}): the engine
-// builds it with sentinel values where the pod decides (a container's name, the mount
-// path, the ambassador's port), and holes maps each sentinel to the CEL expression
-// that replaces it, inside strings or as a whole integer.
+// intList is a CEL list literal of ints.
+func intList(is []int) string {
+	q := make([]string, len(is))
+	for i, n := range is {
+		q[i] = strconv.Itoa(n)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// template turns an object the engine builds into a CEL literal of plain maps and lists,
+// the values the apiserver's JSONPatch mutations take: the engine builds it with
+// sentinel values where the pod decides (a container's name, the mount path, the
+// ambassador's port), and holes maps each sentinel to the CEL expression that replaces
+// it, inside strings or as a whole integer.
+//
+// Maps, not the typed Object.spec.containers{…} values: the apiserver converts a typed
+// value to JSON by converting each nested object again at every level above it (and
+// type-checks it the same way), so a nested literal such as the ambassador container
+// costs it milliseconds per pod; a map of the same JSON costs microseconds. Each map
+// value is wrapped in dyn(), as the apiserver's CEL wants literals of one type.
 type template struct {
 	holes map[string]string // sentinel text → CEL string expression
 	ints  map[int64]string  // sentinel integer → CEL int expression
 }
 
-// mapFields are the fields whose JSON objects are maps, not structs (a ResourceList):
-// they become CEL maps.
-var mapFields = map[string]bool{"requests": true, "limits": true}
-
-// literal renders v (any value encoding/json marshals) as a CEL value whose objects
-// are typed as typ, e.g. "Object.spec.containers.env".
-func (tp template) literal(v any, typ string) string {
+// literal renders v (any value encoding/json marshals) as a CEL value of maps and lists.
+func (tp template) literal(v any) string {
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(err) // only the engine's own objects are rendered
@@ -47,10 +57,10 @@ func (tp template) literal(v any, typ string) string {
 	if err := d.Decode(&x); err != nil {
 		panic(err)
 	}
-	return tp.value(x, typ, false)
+	return tp.value(x)
 }
 
-func (tp template) value(x any, typ string, asMap bool) string {
+func (tp template) value(x any) string {
 	switch x := x.(type) {
 	case map[string]any:
 		keys := make([]string, 0, len(x))
@@ -60,20 +70,13 @@ func (tp template) value(x any, typ string, asMap bool) string {
 		sort.Strings(keys)
 		parts := make([]string, 0, len(keys))
 		for _, k := range keys {
-			if asMap {
-				parts = append(parts, lit(k)+": "+tp.value(x[k], typ, false))
-				continue
-			}
-			parts = append(parts, k+": "+tp.value(x[k], typ+"."+k, mapFields[k]))
+			parts = append(parts, lit(k)+": dyn("+tp.value(x[k])+")")
 		}
-		if asMap {
-			return "{" + strings.Join(parts, ", ") + "}"
-		}
-		return typ + "{" + strings.Join(parts, ", ") + "}"
+		return "{" + strings.Join(parts, ", ") + "}"
 	case []any:
 		parts := make([]string, len(x))
 		for i, e := range x {
-			parts[i] = tp.value(e, typ, false)
+			parts[i] = tp.value(e)
 		}
 		return "[" + strings.Join(parts, ", ") + "]"
 	case string:

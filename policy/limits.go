@@ -26,6 +26,8 @@ func Differences() []Difference {
 			"policy: TestGoldenDifferential (ExpectedRecord), TestStatusDifferences"},
 		{"A pod that already has podmeta.io/status keeps it as it is: CEL has no JSON parser to verify the record against the spec and merge this pass into it. On a reinvocation (a later mutator added a container) the new container is injected, but the record does not list it; a forged record is not rewritten (the safety net still checks it).",
 			"policy: TestGoldenDifferential/forged-status, TestGoldenDifferential/reinvocation-new-container"},
+		{"The apiserver reinvokes the MutatingAdmissionPolicy after its own change; its matchCondition not-injected-yet skips that pass on a pod whose podmeta.io/status is set and whose podmeta.io/injected names every container but the ambassador, without checking that each still has what podmeta adds. A container a later mutator adds is not named there, and is injected; but what a later mutator removes from a container podmeta injected, or a pod created with a record that names all its containers, is left as it is (the webhook checks the record against the spec).",
+			"policy: TestReinvocationSkip"},
 		{`The record's ephemeralStorage values are the text the annotation or the pod gave (e.g. "1024Mi"); the webhook writes the canonical form ("1Gi"). The spec is the same: the apiserver stores canonical quantities. Names in the record are JSON-escaped for " and \ only.`,
 			"policy: TestStatusDifferences"},
 		{"Quantities: text longer than 64 characters or with more than three exponent digits is denied before quantity() (the webhook reads any exponent it can bound); a positive quantity below 1n is rounded up to 1n instead of denied.",

@@ -62,10 +62,11 @@ func (p *Policies) YAML() ([]byte, error) {
 // Sentinels the engine's objects are built with where the pod decides; template
 // replaces them with CEL.
 const (
-	sentName = "PODMETA-SENTINEL-NAME"
-	sentPath = "/PODMETA-SENTINEL-PATH"
-	sentMode = "PODMETA-SENTINEL-MODE"
-	sentPort = 4000001 // never a port: the engine builds the container without checking
+	sentName   = "PODMETA-SENTINEL-NAME"
+	sentPath   = "/PODMETA-SENTINEL-PATH"
+	sentMode   = "PODMETA-SENTINEL-MODE"
+	sentPrefix = "PODMETA-SENTINEL-PREFIX"
+	sentPort   = 4000001 // never a port: the engine builds the container without checking
 )
 
 // quantityRE is the text podmeta lets reach quantity(): the grammar of
@@ -121,6 +122,15 @@ func (r *renderer) render() (*Policies, error) {
 		{Name: "not-a-mirror-pod", Expression: `!has(object.metadata.annotations) || !(` + lit(webhook.AnnotationMirrorPod) + ` in object.metadata.annotations)`},
 		{Name: "not-opted-out", Expression: `!has(object.metadata.annotations) || !(` + lit(webhook.AnnotationInject) + ` in object.metadata.annotations) || object.metadata.annotations[` + lit(webhook.AnnotationInject) + `].trim().lowerAscii() != 'false'`},
 	}
+	// The MAP's own condition, for the apiserver's reinvocation pass: it reinvokes a
+	// policy after that policy's own change, and the pass would compute the whole plan
+	// again to add nothing. A pod with podmeta's record whose podmeta.io/injected names
+	// every container but the ambassador is taken as injected; a container a later
+	// mutator added is not named there, and the pass injects it.
+	injectedAll := admissionregistrationv1.MatchCondition{Name: "not-injected-yet", Expression: unbind(
+		`!has(object.metadata.annotations) || !(` + lit(webhook.AnnotationStatus) + ` in object.metadata.annotations) || !(` + lit(webhook.AnnotationInjected) + ` in object.metadata.annotations) || ` +
+			`cel.bind(inj, object.metadata.annotations[` + lit(webhook.AnnotationInjected) + `].split(','), ` +
+			`(object.spec.?initContainers.orValue([]) + object.spec.containers).exists(c, c.name != ` + lit(webhook.AmbassadorContainerName) + ` && !(c.name in inj)))`)}
 	ignore := admissionregistrationv1.Ignore
 	fail := admissionregistrationv1.Fail
 	shared := r.sharedVariables()
@@ -141,7 +151,7 @@ func (r *renderer) render() (*Policies, error) {
 			ObjectMeta: metav1.ObjectMeta{Name: Name},
 			Spec: admissionregistrationv1.MutatingAdmissionPolicySpec{
 				MatchConstraints: match.DeepCopy(),
-				MatchConditions:  slices.Clone(conditions),
+				MatchConditions:  append(slices.Clone(conditions), injectedAll),
 				Variables:        append(slices.Clone(shared), injection...),
 				Mutations: []admissionregistrationv1.Mutation{{
 					PatchType: admissionregistrationv1.PatchTypeJSONPatch,
@@ -222,10 +232,34 @@ func (r *renderer) sharedVariables() []admissionregistrationv1.Variable {
 	return []admissionregistrationv1.Variable{
 		{Name: "pa", Expression: `object.metadata.?annotations.orValue({})`},
 		{Name: "na", Expression: `namespaceObject.metadata.?annotations.orValue({})`},
-		{Name: "s", Expression: "{" + strings.Join(s, ", ") + "}"},
+		// Whether the pod or its namespace has any podmeta.io/ annotation: without one,
+		// every setting is the operator's default, which Render validated.
+		{Name: "annotated", Expression: "variables.pa.exists(k, k.startsWith(" + lit(webhook.Prefix) + ")) || variables.na.exists(k, k.startsWith(" + lit(webhook.Prefix) + "))"},
+		{Name: "s", Expression: "!variables.annotated ? " + r.defaultsLiteral(keys) + " : {" + strings.Join(s, ", ") + "}"},
 		{Name: "ambassadorAllowed", Expression: ambassadorAllowed},
-		{Name: "invalid", Expression: "[\n" + strings.Join(entries, ",\n") + "\n].filter(x, x != '').sort()"},
+		{Name: "invalid", Expression: r.noDefaultClash() + "[\n" + strings.Join(entries, ",\n") + "\n].filter(x, x != '').sort()"},
 	}
+}
+
+// defaultsLiteral is the settings map of a pod and namespace without podmeta
+// annotations: the operator's defaults.
+func (r *renderer) defaultsLiteral(keys []string) string {
+	var s []string
+	for _, k := range keys {
+		s = append(s, lit(k)+": "+lit(r.defaults[k]))
+	}
+	return "{" + strings.Join(s, ", ") + "}"
+}
+
+// noDefaultClash is the start of the invalid variable: a pod and namespace without
+// podmeta annotations have nothing invalid, unless the operator turned the ambassador on
+// by default (its port may clash with the pod's own ports). The defaults themselves pass
+// Settings.check (webhook.Config.Validate, which Render calls).
+func (r *renderer) noDefaultClash() string {
+	if strings.ToLower(strings.TrimSpace(r.defaults[webhook.AnnotationAmbassador])) == "true" {
+		return ""
+	}
+	return "!variables.annotated ? [] : "
 }
 
 // ambassadorAllowed is checkAmbassador's first four cases: the pod may have API
@@ -320,10 +354,13 @@ func (r *renderer) validatingVariables() []admissionregistrationv1.Variable { re
 func (r *renderer) injectionVariables() []admissionregistrationv1.Variable {
 	keys := webhook.PolicyEnvKeys()
 	var names, defaults []string
-	for _, k := range keys {
+	var defaultIdx, allIdx []int
+	for i, k := range keys {
 		names = append(names, k.Var.Name)
+		allIdx = append(allIdx, i)
 		if k.InDefault {
 			defaults = append(defaults, k.Var.Name)
+			defaultIdx = append(defaultIdx, i)
 		}
 	}
 	env := setting(webhook.AnnotationEnv)
@@ -361,10 +398,17 @@ func (r *renderer) injectionVariables() []admissionregistrationv1.Variable {
 		{Name: "mode", Expression: norm(setting(webhook.AnnotationAmbassadorMode))},
 		{Name: "prefix", Expression: setting(webhook.AnnotationEnvPrefix) + ".trim()"},
 		// The selected env keys, as indices of the engine's table.
-		{Name: "envIdx", Expression: fmt.Sprintf("%s == 'none' || (size(%s) >= 2 && %s.all(i, i == 'none')) ? [] : "+
-			"cel.bind(items, %s, lists.range(%d).filter(k, items.exists(i, i == 'all' || (i == 'default' && %s[k] in %s) || i == %s[k].lowerAscii())))",
-			norm(env), envItems, envItems, envItems, len(names), litList(names), litList(defaults), litList(names))},
+		// The two common settings, default and all, are lists written out here.
+		{Name: "envIdx", Expression: fmt.Sprintf("cel.bind(items, %s, items == ['default'] ? %s : items == ['all'] ? %s : "+
+			"%s == 'none' || (size(items) >= 2 && items.all(i, i == 'none')) ? [] : "+
+			"lists.range(%d).filter(k, items.exists(i, i == 'all' || (i == 'default' && %s[k] in %s) || i == %s[k].lowerAscii())))",
+			envItems, intList(defaultIdx), intList(allIdx), norm(env), len(names), litList(names), litList(defaults), litList(names))},
 		{Name: "want", Expression: "variables.envIdx.map(k, variables.prefix + " + litList(names) + "[k]) + (variables.amb ? [" + lit(webhook.EnvAPIURL) + "] : [])"},
+		// want's names as JSON strings, for the record: a valid prefix and the keys'
+		// names are letters, digits and _, which JSON does not escape.
+		{Name: "wantQ", Expression: `variables.want.map(w, '"' + w + '"')`},
+		// want's values, for the mutation.
+		{Name: "envVals", Expression: envValues()},
 		// Per target, the indices in want of the vars it lacks.
 		{Name: "missing", Expression: "variables.targets.map(g, lists.range(size(variables.want)).filter(j, !variables.ctrs[g].?env.orValue([]).exists(e, e.name == variables.want[j])))"},
 		{Name: "volIdx", Expression: "cel.bind(vs, object.spec.?volumes.orValue([]), cel.bind(i, lists.range(size(vs)).filter(i, vs[i].name == " + lit(webhook.VolumeName) + "), size(i) == 0 ? -1 : i[0]))"},
@@ -397,10 +441,10 @@ func (r *renderer) statusVariables() []admissionregistrationv1.Variable {
 	q := func(v string) string { return `'"' + ` + esc(v) + ` + '"'` }
 	return []admissionregistrationv1.Variable{
 		{Name: "stEnv", Expression: "lists.range(size(variables.targets)).filter(t, size(variables.missing[t]) > 0).map(t, " +
-			q("variables.ctrs[variables.targets[t]].name") + " + ':[' + variables.missing[t].map(j, " + q("variables.want[j]") + ").join(',') + ']').sort()"},
+			q("variables.ctrs[variables.targets[t]].name") + " + ':[' + variables.missing[t].map(j, variables.wantQ[j]).join(',') + ']').sort()"},
 		{Name: "stStorage", Expression: "lists.range(size(variables.all)).filter(a, variables.storage[a][0] != '' || variables.storage[a][1] != '').map(a, cel.bind(s, variables.storage[a], " +
-			q("variables.ctrs[variables.all[a]].name") + " + ':{' + ((s[1] != '' ? ['\"limit\":' + " + q("s[1]") + "] : []) + (s[0] != '' ? ['\"request\":' + " + q("s[0]") + "] : [])).join(',') + '}')).sort()"},
-		{Name: "stCreated", Expression: "lists.range(size(variables.all)).map(a, cel.bind(g, variables.all[a], cel.bind(c, variables.ctrs[g], cel.bind(t, variables.targets.exists(x, x == g) ? lists.range(size(variables.targets)).filter(t, variables.targets[t] == g)[0] : -1, cel.bind(s, variables.storage[a], " +
+			q("variables.ctrs[variables.all[a]].name") + " + ':{' + ((s[1] != '' ? ['\"limit\":\"' + s[1] + '\"'] : []) + (s[0] != '' ? ['\"request\":\"' + s[0] + '\"'] : [])).join(',') + '}')).sort()"},
+		{Name: "stCreated", Expression: "lists.range(size(variables.all)).map(a, cel.bind(g, variables.all[a], cel.bind(c, variables.ctrs[g], cel.bind(t, size(variables.names) == 0 ? a : variables.targets.exists(x, x == g) ? lists.range(size(variables.targets)).filter(t, variables.targets[t] == g)[0] : -1, cel.bind(s, variables.storage[a], " +
 			"cel.bind(w, (t >= 0 && size(variables.missing[t]) > 0 && !has(c.env) ? ['env'] : []) + (variables.mountT.exists(x, x == g) && !has(c.volumeMounts) ? ['volumeMounts'] : []) + " +
 			"(s[0] == '' && s[1] == '' ? [] : !has(c.resources) ? ['resources'] : (s[0] != '' && !has(c.resources.requests) ? ['resources.requests'] : []) + (s[1] != '' && !has(c.resources.limits) ? ['resources.limits'] : [])), " +
 			"size(w) == 0 ? '' : " + q("c.name") + " + ':[' + w.map(x, '\"' + x + '\"').join(',') + ']')))))).filter(x, x != '').sort()"},
@@ -418,15 +462,31 @@ func (r *renderer) statusVariables() []admissionregistrationv1.Variable {
 	}
 }
 
+// mutationTemplate renders the engine's objects with the pod's values: a container's
+// name (n, bound where it is used), the mount path, the ambassador's mode and ports,
+// and the env prefix.
+var mutationTemplate = template{holes: map[string]string{sentName: "n", sentPath: "variables.path", sentMode: "variables.mode", sentPrefix: "variables.prefix",
+	strconv.Itoa(sentPort): "string(variables.port)", strconv.Itoa(sentPort + 1): "string(variables.healthPort)"},
+	ints: map[int64]string{sentPort: "variables.port", sentPort + 1: "variables.healthPort"}}
+
+// envValues is the env vars podmeta adds to a target container lacking them all, in the
+// order of want: each selected key's literal, built once.
+func envValues() string {
+	var sel []string
+	for k, key := range webhook.PolicyEnvKeys() {
+		v := key.Var
+		v.Name = sentPrefix + v.Name
+		sel = append(sel, fmt.Sprintf("(%d in variables.envIdx ? [%s] : [])", k, mutationTemplate.literal(v)))
+	}
+	return strings.Join(sel, " + ") + " + (variables.amb ? [" + mutationTemplate.literal(webhook.PolicyAPIURL(sentPort)) + "] : [])"
+}
+
 // mutation is the one JSONPatch expression: one, so that every step reads the pod as it
 // was before this pass (as the engine's plan does), in the engine's order (env and
 // mounts per container, then storage, the ambassador at initContainers[0] last among
 // the spec's additions, the status record).
 func (r *renderer) mutation() (string, error) {
-	keys := webhook.PolicyEnvKeys()
-	tpl := template{holes: map[string]string{sentName: "n", sentPath: "variables.path", sentMode: "variables.mode",
-		strconv.Itoa(sentPort): "string(variables.port)", strconv.Itoa(sentPort + 1): "string(variables.healthPort)"},
-		ints: map[int64]string{sentPort: "variables.port", sentPort + 1: "variables.healthPort"}}
+	tpl := mutationTemplate
 	amb, err := webhook.PolicyAmbassador(r.cfg, true, sentPort, sentMode)
 	if err != nil {
 		return "", err
@@ -438,32 +498,15 @@ func (r *renderer) mutation() (string, error) {
 	if shell, _ := json.Marshal(corev1.Volume{Name: webhook.VolumeName, VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: metaVol.DownwardAPI.Items}}}); string(shell) != string(mustJSON(metaVol)) {
 		return "", fmt.Errorf("policy: the metadata volume has fields the policy does not render: %s", mustJSON(metaVol))
 	}
-	itemType := "Object.spec.volumes.downwardAPI.items"
-	items := tpl.literal(metaVol.DownwardAPI.Items, itemType) + " + variables.targets.map(g, cel.bind(n, variables.ctrs[g].name, " +
-		tpl.literal(webhook.PolicyContainerMetadataFiles(sentName), itemType) + ")).flatten()"
-	volume := "Object.spec.volumes{name: " + lit(webhook.VolumeName) + ", downwardAPI: Object.spec.volumes.downwardAPI{items: items}}"
+	items := tpl.literal(metaVol.DownwardAPI.Items) + " + variables.targets.map(g, cel.bind(n, variables.ctrs[g].name, " +
+		tpl.literal(webhook.PolicyContainerMetadataFiles(sentName)) + ")).flatten()"
+	volume := "{'name': dyn(" + lit(webhook.VolumeName) + "), 'downwardAPI': dyn({'items': items})}"
 
 	var ops []string
 	for _, list := range []struct {
 		name string
 		init bool
 	}{{"initContainers", true}, {"containers", false}} {
-		typ := "Object.spec." + list.name
-		var lits []string
-		for _, k := range keys {
-			e := tpl.literal(k.Var, typ+".env")
-			// The prefix: the name is the first field, rendered from the key's name.
-			e = strings.Replace(e, "name: "+lit(k.Var.Name), "name: variables.prefix + "+lit(k.Var.Name), 1)
-			lits = append(lits, e)
-		}
-		url := webhook.PolicyAPIURL(sentPort)
-		// Each selected key's literal, built once (a list of all of them indexed per key
-		// would build every one per key).
-		var sel []string
-		for k, l := range lits {
-			sel = append(sel, fmt.Sprintf("(%d in variables.envIdx ? [%s] : [])", k, l))
-		}
-		want := strings.Join(sel, " + ") + " + (variables.amb ? [" + tpl.literal(url, typ+".env") + "] : [])"
 		inList := "variables.targets[t] < variables.nInit"
 		idx := "variables.targets[t]"
 		gIdx := "g"
@@ -476,21 +519,21 @@ func (r *renderer) mutation() (string, error) {
 		base := "'/spec/" + list.name + "/' + string(i)"
 		ops = append(ops,
 			// env: before the container's own, so its $(VAR) references resolve.
-			fmt.Sprintf("!lists.range(size(variables.targets)).exists(t, %s && size(variables.missing[t]) > 0) ? [] : cel.bind(want, %s, lists.range(size(variables.targets)).filter(t, %s && size(variables.missing[t]) > 0).map(t, cel.bind(i, %s, cel.bind(vals, variables.missing[t].map(j, want[j]), "+
+			fmt.Sprintf("lists.range(size(variables.targets)).filter(t, %s && size(variables.missing[t]) > 0).map(t, cel.bind(i, %s, cel.bind(vals, variables.missing[t].map(j, variables.envVals[j]), "+
 				"!has(object.spec.%s[i].env) ? [JSONPatch{op: 'add', path: %s + '/env', value: vals}] : "+
-				"lists.range(size(vals)).map(j, JSONPatch{op: 'add', path: %s + '/env/' + string(j), value: vals[j]})))).flatten())",
-				inList, want, inList, idx, list.name, base, base),
+				"lists.range(size(vals)).map(j, JSONPatch{op: 'add', path: %s + '/env/' + string(j), value: vals[j]})))).flatten()",
+				inList, idx, list.name, base, base),
 			// the metadata mount
 			fmt.Sprintf("variables.mountT.filter(g, %s).map(g, cel.bind(i, %s, cel.bind(m, %s, has(object.spec.%s[i].volumeMounts) ? "+
 				"JSONPatch{op: 'add', path: %s + '/volumeMounts/-', value: m} : JSONPatch{op: 'add', path: %s + '/volumeMounts', value: [m]})))",
-				inListG, gIdx, tpl.literal(webhook.PolicyMetadataMount(sentPath), typ+".volumeMounts"), list.name, base, base),
+				inListG, gIdx, tpl.literal(webhook.PolicyMetadataMount(sentPath)), list.name, base, base),
 		)
 		// ephemeral-storage defaults
 		storage := fmt.Sprintf("lists.range(size(variables.all)).filter(a, cel.bind(g, variables.all[a], %s) && (variables.storage[a][0] != '' || variables.storage[a][1] != '')).map(a, cel.bind(g, variables.all[a], cel.bind(i, %s, cel.bind(s, variables.storage[a], cel.bind(c, object.spec.%s[i], "+
-			"!has(c.resources) ? [JSONPatch{op: 'add', path: %s + '/resources', value: %s.resources{?requests: s[0] != '' ? optional.of({'ephemeral-storage': s[0]}) : optional.none(), ?limits: s[1] != '' ? optional.of({'ephemeral-storage': s[1]}) : optional.none()}}] : "+
+			"!has(c.resources) ? [JSONPatch{op: 'add', path: %s + '/resources', value: {?'requests': s[0] != '' ? optional.of({'ephemeral-storage': s[0]}) : optional.none(), ?'limits': s[1] != '' ? optional.of({'ephemeral-storage': s[1]}) : optional.none()}}] : "+
 			"(s[0] == '' ? [] : has(c.resources.requests) ? [JSONPatch{op: 'add', path: %s + '/resources/requests/ephemeral-storage', value: s[0]}] : [JSONPatch{op: 'add', path: %s + '/resources/requests', value: {'ephemeral-storage': s[0]}}]) + "+
 			"(s[1] == '' ? [] : has(c.resources.limits) ? [JSONPatch{op: 'add', path: %s + '/resources/limits/ephemeral-storage', value: s[1]}] : [JSONPatch{op: 'add', path: %s + '/resources/limits', value: {'ephemeral-storage': s[1]}}])))))).flatten()",
-			inListG, gIdx, list.name, base, typ, base, base, base, base)
+			inListG, gIdx, list.name, base, base, base, base, base)
 		ops = append(ops, storage)
 	}
 	// The metadata volume: a new one, or the items podmeta's existing one lacks.
@@ -501,9 +544,9 @@ func (r *renderer) mutation() (string, error) {
 	// The ambassador: its token volume, then the sidecar first among init containers.
 	ops = append(ops,
 		fmt.Sprintf("!variables.tokenAdd ? [] : cel.bind(v, %s, has(object.spec.volumes) || variables.volAdd ? [JSONPatch{op: 'add', path: '/spec/volumes/-', value: v}] : [JSONPatch{op: 'add', path: '/spec/volumes', value: [v]}])",
-			tpl.literal(webhook.PolicyTokenVolume(), "Object.spec.volumes")),
+			tpl.literal(webhook.PolicyTokenVolume())),
 		fmt.Sprintf("!variables.ambAdd ? [] : cel.bind(c, %s, has(object.spec.initContainers) ? [JSONPatch{op: 'add', path: '/spec/initContainers/0', value: c}] : [JSONPatch{op: 'add', path: '/spec/initContainers', value: [c]}])",
-			tpl.literal(amb, "Object.spec.initContainers")),
+			tpl.literal(amb)),
 		// The status record, on a pod without one (status.go; docs/policy.md says what
 		// differs from the webhook's).
 		"has(object.metadata.annotations) && "+lit(webhook.AnnotationStatus)+" in object.metadata.annotations ? [] : "+

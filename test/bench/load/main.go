@@ -66,6 +66,8 @@ type options struct {
 	onlyAPI     bool
 	probeRates  string
 	probeMode   string
+	apiRounds   int
+	apiProfile  string
 }
 
 func main() {
@@ -80,6 +82,8 @@ func main() {
 	flag.BoolVar(&o.onlyAPI, "only-apiserver", false, "run only the through-the-apiserver phase")
 	flag.StringVar(&o.probeRates, "probe-rates", "", "only measure podmeta's open loop at these comma-separated rates (diagnostics)")
 	flag.StringVar(&o.probeMode, "probe-mode", "podmeta", "server mode -probe-rates measures (see test/bench/server)")
+	flag.IntVar(&o.apiRounds, "api-rounds", 3, "interleaved rounds of the through-the-apiserver phase")
+	flag.StringVar(&o.apiProfile, "apiserver-profile", "", "write a CPU profile of the kube-apiserver during round 1's policy-mode arm to this file (diagnostics)")
 	flag.Parse()
 	ctrllog.SetLogger(logr.Discard())
 	if err := pin(o); err != nil {
@@ -707,8 +711,15 @@ func throughAPIServer(o options) error {
 		return err
 	}
 	defer pm.Stop()
-	arms := []struct{ ns, name string }{{"without", "no webhook"}, {"policy", "podmeta policy mode (no webhook)"}, {"floor", "no-op webhook (floor)"}, {"baseline", "same injection, usual way (baseline)"}, {"with-podmeta", "podmeta"}}
+	arms := []struct{ ns, name string }{{"without", "no webhook"}, {"policy", "podmeta policy mode (no webhook)"}, {"bare-map", "a MAP adding one env var (policy floor)"}, {"floor", "no-op webhook (floor)"}, {"baseline", "same injection, usual way (baseline)"}, {"with-podmeta", "podmeta"}}
 	if err := installPolicyMode(ctx, cp); err != nil {
+		return err
+	}
+	if err := installBareMAP(ctx, cp); err != nil {
+		return err
+	}
+	apiserverPID, err := apiserverProcess(cp)
+	if err != nil {
 		return err
 	}
 	for _, a := range arms {
@@ -716,6 +727,8 @@ func throughAPIServer(o options) error {
 		switch a.ns {
 		case "policy":
 			labels[benchPolicyLabel] = "enabled"
+		case "bare-map":
+			labels[benchBareLabel] = "enabled"
 		case "floor", "baseline":
 			s, err := registerBenchServer(ctx, cp, server, a.ns)
 			if err != nil {
@@ -731,22 +744,40 @@ func throughAPIServer(o options) error {
 		}
 	}
 	fmt.Printf("## 2. Through the apiserver: %d pod creations/s for %s each (etcd + kube-apiserver v1.37.2 + webhooks, on all CPUs)\n\n", o.apiRate, o.apiDuration)
-	fmt.Println("| round | namespace served by | created/s | p50 ms | p99 ms | errors |")
-	fmt.Println("|---:|---|---:|---:|---:|---:|")
-	p50 := map[string][]float64{}
-	for round := 1; round <= 3; round++ {
+	fmt.Println("The apiserver's CPU per pod is the kube-apiserver process's user+system time over the arm (watches, other helpers' work and the webhooks' own CPU excluded), divided by the pods created.")
+	fmt.Println()
+	fmt.Println("| round | namespace served by | created/s | p50 ms | p99 ms | errors | apiserver CPU ms/pod |")
+	fmt.Println("|---:|---|---:|---:|---:|---:|---:|")
+	p50, cpu := map[string][]float64{}, map[string][]float64{}
+	for round := 1; round <= o.apiRounds; round++ {
 		for _, a := range arms {
+			var profiled chan error
+			if o.apiProfile != "" && round == 1 && a.ns == "policy" {
+				profiled = make(chan error, 1)
+				go func() { profiled <- profileAPIServer(ctx, cp, o.apiDuration, o.apiProfile) }()
+			}
+			ticks0 := processTicks(apiserverPID)
 			r := createPods(ctx, cp, a.ns, o.apiRate, o.apiDuration)
+			perPod := float64(processTicks(apiserverPID)-ticks0) * 10 / float64(max(r.ok, 1)) // 1 tick = 10 ms
+			if profiled != nil {
+				if err := <-profiled; err != nil {
+					return err
+				}
+			}
 			p50[a.ns] = append(p50[a.ns], r.p(50))
-			fmt.Printf("| %d | %s | %.1f | %.2f | %.2f | %d |\n", round, a.name, r.rps, r.p(50), r.p(99), r.errors)
+			cpu[a.ns] = append(cpu[a.ns], perPod)
+			fmt.Printf("| %d | %s | %.1f | %.2f | %.2f | %d | %.2f |\n", round, a.name, r.rps, r.p(50), r.p(99), r.errors, perPod)
 		}
 	}
-	med := func(ns string) float64 { v := slices.Clone(p50[ns]); slices.Sort(v); return v[len(v)/2] }
+	median := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+	med := func(ns string) float64 { return median(p50[ns]) }
 	none := med("without")
 	fmt.Printf("\nMedian over the rounds of each p50, added to a pod creation over no webhook: **podmeta %.2f ms**; no-op webhook %.2f ms; the same injection the usual way %.2f ms.\n\n",
 		med("with-podmeta")-none, med("floor")-none, med("baseline")-none)
-	policy, podmeta := med("policy")-none, med("with-podmeta")-none
-	fmt.Printf("Policy mode (docs/policy.md) adds **%.2f ms**, %.0f%% of what the podmeta webhook adds (target: at most a third).\n\n", policy, 100*policy/podmeta)
+	policyAdded, podmetaAdded := med("policy")-none, med("with-podmeta")-none
+	fmt.Printf("Policy mode (docs/policy.md) adds **%.2f ms**, %.0f%% of what the podmeta webhook adds (target: at most a third); a MAP that only adds one env var adds %.2f ms.\n\n", policyAdded, 100*policyAdded/podmetaAdded, med("bare-map")-none)
+	fmt.Printf("Median apiserver CPU per pod creation: no webhook %.2f ms; policy mode %.2f ms (%.2fx; target: at most 1.3x); one-env-var MAP %.2f ms; podmeta webhook %.2f ms.\n\n",
+		median(cpu["without"]), median(cpu["policy"]), median(cpu["policy"])/median(cpu["without"]), median(cpu["bare-map"]), median(cpu["with-podmeta"]))
 	// The apiserver's own timing of each call: request encoding, the round trip, and
 	// applying the patch (apiserver_admission_webhook_admission_duration_seconds).
 	if m, err := cp.Clientset.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx); err == nil {
@@ -771,20 +802,29 @@ func throughAPIServer(o options) error {
 				fmt.Printf("- the apiserver's mean time per call of %s: %.2f ms over %.0f calls\n", name, 1000*sum[name]/count[name], count[name])
 			}
 		}
-		// The MutatingAdmissionPolicy's own timing: its evaluations (a reinvocation is one
-		// more) and their mean.
-		var psum, pcount float64
-		for line := range strings.SplitSeq(string(m), "\n") {
-			v, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			switch {
-			case strings.HasPrefix(line, "apiserver_mutating_admission_policy_check_duration_seconds_sum{") && strings.Contains(line, `policy="podmeta"`):
-				psum += v
-			case strings.HasPrefix(line, "apiserver_mutating_admission_policy_check_duration_seconds_count{") && strings.Contains(line, `policy="podmeta"`):
-				pcount += v
+		// The admission policies' own timing: their evaluations (a MAP's reinvocation is
+		// one more, unless its matchConditions skip it) and their mean.
+		for _, pol := range []struct{ metric, name, what string }{
+			{"apiserver_mutating_admission_policy_check_duration_seconds", policy.Name, "podmeta MutatingAdmissionPolicy"},
+			{"apiserver_mutating_admission_policy_check_duration_seconds", benchBareName, "one-env-var MutatingAdmissionPolicy"},
+			{"apiserver_validating_admission_policy_check_duration_seconds", policy.Name + "-annotations", "podmeta ValidatingAdmissionPolicy"},
+		} {
+			var psum, pcount float64
+			for line := range strings.SplitSeq(string(m), "\n") {
+				if !strings.Contains(line, `policy="`+pol.name+`"`) {
+					continue
+				}
+				v, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+				switch {
+				case strings.HasPrefix(line, pol.metric+"_sum{"):
+					psum += v
+				case strings.HasPrefix(line, pol.metric+"_count{"):
+					pcount += v
+				}
 			}
-		}
-		if pcount > 0 {
-			fmt.Printf("- the apiserver's mean time per evaluation of the podmeta MutatingAdmissionPolicy: %.2f ms over %.0f evaluations\n", 1000*psum/pcount, pcount)
+			if pcount > 0 {
+				fmt.Printf("- the apiserver's mean time per evaluation of the %s: %.3f ms over %.0f evaluations\n", pol.what, 1000*psum/pcount, pcount)
+			}
 		}
 		fmt.Println()
 	}
@@ -826,7 +866,96 @@ func installPolicyMode(ctx context.Context, cp *harness.ControlPlane) error {
 	}
 }
 
+// installBareMAP creates the floor of policy mode: a MutatingAdmissionPolicy that adds one
+// env var to a pod's first container, for namespaces labelled benchBareLabel, and waits
+// until it acts. It is evaluated once per pod (reinvocationPolicy Never).
+func installBareMAP(ctx context.Context, cp *harness.ControlPlane) error {
+	never, ignore := admissionregistrationv1.NeverReinvocationPolicy, admissionregistrationv1.Ignore
+	mp := &admissionregistrationv1.MutatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: benchBareName},
+		Spec: admissionregistrationv1.MutatingAdmissionPolicySpec{
+			MatchConstraints: &admissionregistrationv1.MatchResources{
+				ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
+				}}},
+				NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{benchBareLabel: "enabled"}},
+			},
+			Mutations: []admissionregistrationv1.Mutation{{
+				PatchType: admissionregistrationv1.PatchTypeJSONPatch,
+				JSONPatch: &admissionregistrationv1.JSONPatch{Expression: `[JSONPatch{op: 'add', path: '/spec/containers/0/env', value: [{'name': 'BARE', 'value': 'x'}]}]`},
+			}},
+			ReinvocationPolicy: never,
+			FailurePolicy:      &ignore,
+		},
+	}
+	mb := &admissionregistrationv1.MutatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: benchBareName}, Spec: admissionregistrationv1.MutatingAdmissionPolicyBindingSpec{PolicyName: benchBareName}}
+	for _, o := range []policy.Object{mp, mb} {
+		if err := cp.Client.Create(ctx, o); err != nil {
+			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
+		}
+	}
+	const probeNS = "bare-probe"
+	if err := cp.EnsureNamespace(ctx, probeNS, map[string]string{benchBareLabel: "enabled"}, nil); err != nil {
+		return err
+	}
+	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}}}
+		got, err := cp.Clientset.CoreV1().Pods(probeNS).Create(ctx, p, dry)
+		if err == nil && len(got.Spec.Containers[0].Env) == 1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the one-env-var policy does not act after 30s (%v)", err)
+		}
+	}
+}
+
+// apiserverProcess is the pid of cp's kube-apiserver: the one whose certificate
+// directory is cp's.
+func apiserverProcess(cp *harness.ControlPlane) (int, error) {
+	want := "--cert-dir=" + cp.Env.ControlPlane.APIServer.CertDir
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(string(raw), "\x00")
+		if filepath.Base(args[0]) == "kube-apiserver" && slices.Contains(args, want) {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no kube-apiserver process with %s", want)
+}
+
+// processTicks is a process's user+system CPU time in clock ticks (1/100 s).
+func processTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
+}
+
+// profileAPIServer writes the kube-apiserver's CPU profile over d (its
+// /debug/pprof/profile, served to the admin user envtest connects as) to path.
+func profileAPIServer(ctx context.Context, cp *harness.ControlPlane, d time.Duration, path string) error {
+	b, err := cp.Clientset.Discovery().RESTClient().Get().AbsPath("/debug/pprof/profile").Param("seconds", strconv.Itoa(int(d.Seconds()))).Timeout(d + 30*time.Second).DoRaw(ctx)
+	if err != nil {
+		return fmt.Errorf("apiserver profile: %w", err)
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
 const (
+	benchBareLabel     = "bench.podmeta.io/bare-map"
+	benchBareName      = "bench-one-env-var"
 	benchPolicyLabel   = "bench.podmeta.io/policy"
 	benchLabel         = "bench.podmeta.io/webhook"
 	benchWebhookSuffix = ".bench.podmeta.io"
