@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,6 +47,7 @@ type doctorReport struct {
 		Name, Verdict, Message, Fix string
 	} `json:"checks"`
 	Record   *webhook.Status `json:"record"`
+	Changes  []string        `json:"changes"`
 	Warnings []string        `json:"warnings"`
 	Exit     int             `json:"exit"`
 }
@@ -191,6 +193,14 @@ func TestDoctorInjected(t *testing.T) {
 	if !strings.Contains(strings.Join(r.Warnings, "\n"), `container "app" defines env POD_IP`) {
 		t.Errorf("the dry-run's warnings %q lack podmeta's", r.Warnings)
 	}
+	if v, fix := r.verdict("skipped"); v != "warn" || !strings.Contains(fix, "own value wins") {
+		t.Errorf("skipped: %s, fix %q", v, fix)
+	}
+	// The changes are the whole admission chain's: the ServiceAccount plugin's token
+	// volume, podmeta's env, volume and record.
+	if got := strings.Join(r.Changes, "\n"); !strings.Contains(got, "containers[app].env: +POD_NAME\n") || !regexp.MustCompile(`(?m)^volumes: .*\+kube-api-access-.*\+podmeta$`).MatchString(got) {
+		t.Errorf("changes %q", r.Changes)
+	}
 	if _, err := cp.Clientset.CoreV1().Pods(ns).Get(t.Context(), "web", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the dry-run created the pod: %v", err)
 	}
@@ -200,7 +210,12 @@ func TestDoctorInjected(t *testing.T) {
 	if code != 0 || !r.Injected || r.Target != "pod/web" {
 		t.Fatalf("existing pod: exit %d, %+v", code, r)
 	}
-	wantVerdicts(t, r, map[string]string{"record": "ok", "record matches spec": "ok", "dry-run": ""})
+	wantVerdicts(t, r, map[string]string{"record": "ok", "record matches spec": "ok", "skipped": "warn", "dry-run": ""})
+	// The manifest of a pod that exists is dry-run under a generated name.
+	r, code = doctor(t, podManifest(t, p), "-n", ns, "-f", "-")
+	if code != 0 || !r.Injected {
+		t.Errorf("manifest of an existing pod: exit %d, %+v", code, r)
+	}
 
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "api", Annotations: map[string]string{webhook.AnnotationAmbassador: "true"}},
@@ -234,6 +249,16 @@ func TestDoctorNamespaceNotLabelled(t *testing.T) {
 	wantVerdicts(t, r, map[string]string{"namespace selector": "fail", "dry-run": "fail", "rules": "ok"})
 	if _, fix := r.verdict("namespace selector"); fix != "kubectl label namespace "+ns+" podmeta.io/inject=enabled --overwrite" {
 		t.Errorf("fix %q", fix)
+	}
+	// The kubeconfig of $KUBECONFIG, and the text checklist.
+	cmd := exec.CommandContext(t.Context(), binary, "doctor", "--cert-secret", doctorSecret, "-n", ns, "-f", "-")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+doctorKubeconfig)
+	cmd.Stdin = strings.NewReader(podManifest(t, pod("web", nil)))
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 ||
+		!strings.Contains(string(out), "[fail] namespace selector: namespace "+ns+" does not match podmeta.io/inject in (enabled)\n       fix: kubectl label namespace "+ns) {
+		t.Errorf("with $KUBECONFIG: %v\n%s", err, out)
 	}
 }
 

@@ -67,9 +67,10 @@ type doctorOptions struct {
 // target is what doctor looks at: an existing pod, or the pod a manifest or a workload
 // would create.
 type target struct {
-	desc     string // pod/web, deployment/web, or the manifest's object
-	existing bool   // a pod in the cluster (no dry-run: its record is read)
-	pod      *corev1.Pod
+	desc      string // pod/web, deployment/web, or the manifest's object
+	namespace string // a manifest object's metadata.namespace
+	existing  bool   // a pod in the cluster (no dry-run: its record is read)
+	pod       *corev1.Pod
 	// ownMeta are the podmeta.io/ annotations on a workload's own metadata (not its
 	// template), which podmeta never reads.
 	ownMeta  []string
@@ -128,6 +129,12 @@ func runDoctor(ctx context.Context, args []string, s streams) error {
 	}
 	if err != nil {
 		return doctorFailed("%w", err)
+	}
+	switch {
+	case o.namespace == "" && t.namespace != "":
+		ns = t.namespace // a manifest's own, as kubectl apply -f would use it
+	case o.namespace != "" && t.namespace != "" && t.namespace != o.namespace:
+		return doctorFailed("%s is in namespace %s, not -n %s", t.desc, t.namespace, o.namespace)
 	}
 	t.pod.Namespace = ns
 	r, err := d.diagnose(ctx, t)
@@ -314,7 +321,7 @@ func describeObject(o map[string]any) string {
 func targetFromObject(obj map[string]any) (*target, error) {
 	u := unstructured.Unstructured{Object: obj}
 	kind := u.GetKind()
-	t := &target{desc: describeObject(obj), kind: kind}
+	t := &target{desc: describeObject(obj), kind: kind, namespace: u.GetNamespace()}
 	if kind == "Pod" {
 		p := &corev1.Pod{}
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj, p); err != nil {

@@ -63,6 +63,8 @@ type report struct {
 	Checks   []check `json:"checks"`
 	// Record is podmeta.io/status of the pod (existing) or of the dry-run's result.
 	Record *webhook.Status `json:"record,omitempty"`
+	// Changes are what the dry-run's pod has that the pod sent had not, by name.
+	Changes []string `json:"changes,omitempty"`
 	// Warnings are what the apiserver warned on the dry-run (podmeta's among them).
 	Warnings []string `json:"warnings,omitempty"`
 	Exit     int      `json:"exit"`
@@ -83,6 +85,9 @@ func (r *report) writeText(w io.Writer) {
 		if c.Fix != "" && c.Verdict != verdictOK {
 			fmt.Fprintf(w, "       fix: %s\n", c.Fix)
 		}
+	}
+	for _, c := range r.Changes {
+		fmt.Fprintf(w, "changed: %s\n", c)
 	}
 	for _, wn := range r.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", wn)
@@ -165,7 +170,7 @@ func (d *doctor) diagnose(ctx context.Context, t *target) (*report, error) {
 		r.Checks = append(r.Checks, d.recordCheck(ctx, t, ns, r)...)
 	} else {
 		r.Checks = append(r.Checks, templateChecks(t)...)
-		r.Checks = append(r.Checks, d.dryRunCheck(ctx, t, r))
+		r.Checks = append(r.Checks, d.dryRunCheck(ctx, t, r)...)
 	}
 	r.Exit = exitCode(r.Injected, r.Checks)
 	return r, nil
@@ -198,25 +203,117 @@ func templateChecks(t *target) []check {
 }
 
 // dryRunCheck creates the pod with dryRun=All through the real admission chain: what
-// podmeta (or the policy) does to it is the truth, not a simulation.
-func (d *doctor) dryRunCheck(ctx context.Context, t *target, r *report) check {
+// podmeta (or the policy) does to it is the truth, not a simulation. The changes are
+// read from the returned pod: its record, and what it has that the pod sent had not.
+func (d *doctor) dryRunCheck(ctx context.Context, t *target, r *report) []check {
 	d.warnings.take()
-	got, err := d.dryRun.CoreV1().Pods(t.pod.Namespace).Create(ctx, t.pod.DeepCopy(), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	sent := t.pod.DeepCopy()
+	pods := d.dryRun.CoreV1().Pods(sent.Namespace)
+	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	got, err := pods.Create(ctx, sent.DeepCopy(), dry)
+	if apierrors.IsAlreadyExists(err) {
+		// A pod of the manifest's name exists: the same pod under a generated name.
+		sent.GenerateName, sent.Name = sent.Name+"-", ""
+		d.warnings.take()
+		got, err = pods.Create(ctx, sent.DeepCopy(), dry)
+	}
 	r.Warnings = d.warnings.take()
 	if err != nil {
-		return fail("dry-run", "correct what the message names (an invalid podmeta annotation names the annotation, the value and the valid choices)",
-			"the apiserver rejected the pod: %v", err)
+		return []check{fail("dry-run", "correct what the message names (an invalid podmeta annotation names the annotation, the value and the valid choices)",
+			"the apiserver rejected the pod: %v", err)}
 	}
+	r.Changes = podChanges(sent, got)
 	st, found, perr := readRecord(got.Annotations)
 	if perr != nil {
-		return fail("dry-run", "", "the pod came back with %s podmeta cannot read: %v", webhook.AnnotationStatus, perr)
+		return []check{fail("dry-run", "", "the pod came back with %s podmeta cannot read: %v", webhook.AnnotationStatus, perr)}
 	}
 	if !found {
-		return fail("dry-run", "fix the failed checks above; if none failed, the apiserver could not call podmeta (failurePolicy: Ignore admits the pod unchanged): its log says \"failed calling webhook\"",
-			"the pod was admitted without podmeta's changes")
+		return []check{fail("dry-run", "fix the failed checks above; if none failed, the apiserver could not call podmeta (failurePolicy: Ignore admits the pod unchanged): its log says \"failed calling webhook\"",
+			"the pod was admitted without podmeta's changes")}
 	}
 	r.Record, r.Injected = &st, true
-	return ok("dry-run", "podmeta injected the pod: %s", describeRecord(st))
+	out := []check{ok("dry-run", "podmeta injected the pod: %s", describeRecord(st))}
+	if _, had := t.pod.Annotations[webhook.AnnotationStatus]; had {
+		out = append(out, warn("dry-run record", "check a manifest without podmeta's additions (podmeta uninject -f) to see what the cluster adds",
+			"the manifest came with %s (injected offline?): the record may be its own, not this admission's", webhook.AnnotationStatus))
+	}
+	return append(out, skippedChecks(st)...)
+}
+
+// skipHints say, per skip reason (webhook.Skip*), what to do to get podmeta's addition.
+var skipHints = map[string]string{
+	webhook.SkipAnnotationsIgnored:        "correct the podmeta.io/ keys the warnings name",
+	webhook.SkipNotSelected:               "add the containers to " + webhook.AnnotationContainers + " (or remove the annotation) if they need podmeta's env vars and mount",
+	webhook.SkipContainerMissing:          "remove the name from " + webhook.AnnotationContainers + ", or correct it",
+	webhook.SkipEnvKept:                   "the container's own value wins: remove it from the pod spec to get podmeta's",
+	webhook.SkipVolumeKept:                "rename the pod's volume \"" + webhook.VolumeName + "\" to get the metadata volume",
+	webhook.SkipMountKept:                 "mount the metadata volume elsewhere: " + webhook.AnnotationVolumePath,
+	webhook.SkipStorageLimit:              "set the container's ephemeral-storage limit yourself",
+	webhook.SkipAmbassadorHostNetwork:     "the ambassador is never added to hostNetwork pods (docs/ambassador.md)",
+	webhook.SkipAmbassadorAutomountOff:    "the pod opts out of API credentials; remove automountServiceAccountToken: false if it needs the ambassador",
+	webhook.SkipAmbassadorNoTokenMount:    "the pod's ServiceAccount sets automountServiceAccountToken: false; set it true on the pod if it needs the ambassador",
+	webhook.SkipAmbassadorWindows:         "the ambassador runs on Linux only",
+	webhook.SkipAmbassadorTokenVolumeKept: "rename the pod's volume \"" + webhook.AmbassadorTokenVolumeName + "\"",
+	webhook.SkipAmbassadorKept:            "remove the pod's own \"" + webhook.AmbassadorContainerName + "\" container to get podmeta's",
+}
+
+// skippedChecks are a warning for each skip reason of a record, with its hint.
+func skippedChecks(st webhook.Status) []check {
+	var out []check
+	for _, s := range st.Skipped {
+		code, _, _ := strings.Cut(s, " ")
+		out = append(out, warn("skipped", skipHints[code], "%s", s))
+	}
+	return out
+}
+
+// podChanges lists what after has that before had not, by name: containers, init
+// containers, volumes, each container's env vars and mounts, annotations.
+func podChanges(before, after *corev1.Pod) []string {
+	var out []string
+	added := func(what string, had, have []string) {
+		var plus []string
+		for _, n := range have {
+			if !slices.Contains(had, n) {
+				plus = append(plus, n)
+			}
+		}
+		if plus != nil {
+			out = append(out, what+": +"+strings.Join(plus, ", +"))
+		}
+	}
+	names := func(n int, name func(int) string) []string {
+		s := make([]string, n)
+		for i := range s {
+			s[i] = name(i)
+		}
+		return s
+	}
+	for _, list := range []struct {
+		what          string
+		before, after []corev1.Container
+	}{{"initContainers", before.Spec.InitContainers, after.Spec.InitContainers}, {"containers", before.Spec.Containers, after.Spec.Containers}} {
+		added(list.what, names(len(list.before), func(i int) string { return list.before[i].Name }), names(len(list.after), func(i int) string { return list.after[i].Name }))
+		for _, c := range list.after {
+			var old corev1.Container
+			if i := slices.IndexFunc(list.before, func(b corev1.Container) bool { return b.Name == c.Name }); i >= 0 {
+				old = list.before[i]
+			}
+			added(list.what+"["+c.Name+"].env", names(len(old.Env), func(i int) string { return old.Env[i].Name }), names(len(c.Env), func(i int) string { return c.Env[i].Name }))
+			added(list.what+"["+c.Name+"].volumeMounts", names(len(old.VolumeMounts), func(i int) string { return old.VolumeMounts[i].Name }), names(len(c.VolumeMounts), func(i int) string { return c.VolumeMounts[i].Name }))
+		}
+	}
+	added("volumes", names(len(before.Spec.Volumes), func(i int) string { return before.Spec.Volumes[i].Name }), names(len(after.Spec.Volumes), func(i int) string { return after.Spec.Volumes[i].Name }))
+	var had, have []string
+	for k := range before.Annotations {
+		had = append(had, k)
+	}
+	for k := range after.Annotations {
+		have = append(have, k)
+	}
+	slices.Sort(have)
+	added("annotations", had, have)
+	return out
 }
 
 // recordCheck reads an existing pod's record and checks it against its spec, as a
@@ -242,6 +339,7 @@ func (d *doctor) recordCheck(ctx context.Context, t *target, ns *corev1.Namespac
 	}
 	r.Record, r.Injected = &recorded, true
 	out := []check{ok("record", "podmeta injected the pod: %s", describeRecord(recorded))}
+	out = append(out, skippedChecks(recorded)...)
 	recorded.Skipped, verified.Skipped = nil, nil
 	if recorded.String() != verified.String() {
 		out = append(out, warn("record matches spec", "something changed the pod after admission; recreate it to get podmeta's additions again",
@@ -262,15 +360,13 @@ func readRecord(ann map[string]string) (webhook.Status, bool, error) {
 	return st, true, json.Unmarshal([]byte(text), &st)
 }
 
-// describeRecord says in one line what a record says was added and skipped.
+// describeRecord says in one line what a record says was added (skippedChecks say what
+// was skipped).
 func describeRecord(st webhook.Status) string {
 	var parts []string
 	statusRows(func(what, where, result string) { parts = append(parts, what+" "+where+" "+result) }, st, "added", "mounted", "set")
 	if len(parts) == 0 {
 		parts = append(parts, "nothing added")
-	}
-	if len(st.Skipped) > 0 {
-		parts = append(parts, "skipped: "+strings.Join(st.Skipped, "; "))
 	}
 	return strings.Join(parts, "; ")
 }

@@ -295,3 +295,62 @@ result: not injected (exit 1)
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
+
+// Every skip reason the status record documents (docs/design.md) has a hint, and a
+// record's skip reasons become warnings with it.
+func TestDoctorSkipHints(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "docs", "design.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, found := strings.Cut(string(raw), "| Code | Meaning |")
+	if !found {
+		t.Fatal("docs/design.md has no table of skip reasons")
+	}
+	table, _, _ = strings.Cut(table, "\n\n")
+	n := 0
+	for _, line := range strings.Split(table, "\n") {
+		code, ok := strings.CutPrefix(line, "| `")
+		if !ok {
+			continue
+		}
+		code, _, _ = strings.Cut(code, "`")
+		code, _, _ = strings.Cut(code, " ")
+		n++
+		if skipHints[code] == "" {
+			t.Errorf("skip reason %q has no hint", code)
+		}
+	}
+	if n != len(skipHints) {
+		t.Errorf("docs/design.md lists %d skip reasons, doctor has hints for %d", n, len(skipHints))
+	}
+	got := skippedChecks(webhook.Status{Skipped: []string{"env-kept app POD_IP", "and 3 more"}})
+	if len(got) != 2 || got[0].Verdict != verdictWarn || got[0].Fix != skipHints[webhook.SkipEnvKept] || got[0].Message != "env-kept app POD_IP" {
+		t.Errorf("checks %+v", got)
+	}
+}
+
+// The dry-run's diff: what the returned pod has that the sent one had not, by name.
+func TestDoctorPodChanges(t *testing.T) {
+	before := doctorPod(nil, map[string]string{"mine": "x"})
+	before.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "OWN"}}
+	after := before.DeepCopy()
+	after.Annotations[webhook.AnnotationStatus] = "{}"
+	after.Spec.Containers[0].Env = append([]corev1.EnvVar{{Name: "POD_NAME"}}, after.Spec.Containers[0].Env...)
+	after.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: webhook.VolumeName}}
+	after.Spec.InitContainers = []corev1.Container{{Name: webhook.AmbassadorContainerName}}
+	after.Spec.Volumes = []corev1.Volume{{Name: webhook.VolumeName}}
+	want := []string{
+		"initContainers: +podmeta-ambassador",
+		"containers[app].env: +POD_NAME",
+		"containers[app].volumeMounts: +podmeta",
+		"volumes: +podmeta",
+		"annotations: +podmeta.io/status",
+	}
+	if got := podChanges(before, after); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+	if got := podChanges(before, before); got != nil {
+		t.Errorf("no change: %q", got)
+	}
+}
