@@ -107,11 +107,18 @@ func setSecret(t *testing.T, ns, name string, crt []byte) {
 	}
 }
 
-// doctor runs podmeta doctor -o json with args and returns its report and exit status.
+// doctor runs podmeta doctor -o json --cert-secret doctorSecret with args and returns
+// its report and exit status.
 func doctor(t *testing.T, stdin string, args ...string) (*doctorReport, int) {
 	t.Helper()
+	return doctorWith(t, stdin, append([]string{"--cert-secret", doctorSecret}, args...)...)
+}
+
+// doctorWith runs podmeta doctor -o json with args only.
+func doctorWith(t *testing.T, stdin string, args ...string) (*doctorReport, int) {
+	t.Helper()
 	setUpDoctor(t)
-	cmd := exec.CommandContext(t.Context(), binary, append([]string{"doctor", "-o", "json", "--kubeconfig", doctorKubeconfig, "--cert-secret", doctorSecret}, args...)...)
+	cmd := exec.CommandContext(t.Context(), binary, append([]string{"doctor", "-o", "json", "--kubeconfig", doctorKubeconfig}, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -468,6 +475,33 @@ func TestDoctorNoReadyEndpoints(t *testing.T) {
 	}
 	r, _ = doctor(t, manifest, "-n", ns, "-f", "-")
 	wantVerdicts(t, r, map[string]string{"service endpoints": "ok"})
+
+	// Without --cert-secret, the Secret is the one podmeta's Deployment (behind the
+	// Service's selector) names; the certificate is envtest's, for 127.0.0.1, so it does
+	// not verify for the Service's name.
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "podmeta", Namespace: svcNS},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "podmeta"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "podmeta"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "podmeta", Image: "podmeta:test",
+					Args: []string{"webhook", "--cert-mode=self-managed", "--cert-secret", "serving-tls"}}}},
+			},
+		},
+	}
+	if _, err := cp.Clientset.AppsV1().Deployments(svcNS).Create(t.Context(), dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r, _ = doctorWith(t, manifest, "-n", ns, "-f", "-")
+	for _, c := range r.Checks {
+		if c.Name == "ca bundle" && (c.Verdict != "fail" || !strings.Contains(c.Message, "Secret "+doctorSecret+" for doctor-webhook."+svcNS+".svc")) {
+			t.Errorf("the Deployment's --cert-secret: %+v", c)
+		}
+	}
+	if v, _ := r.verdict("ca bundle"); v == "" {
+		t.Errorf("no ca bundle check: %+v", r.Checks)
+	}
 }
 
 // Policy mode: no webhook configuration, a MutatingAdmissionPolicy and its binding.

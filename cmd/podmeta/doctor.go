@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -184,7 +185,13 @@ type doctor struct {
 	secretMounts map[string]string
 }
 
+// doctorRequestTimeout bounds each request; the dry-run's includes the webhook's own
+// timeoutSeconds (at most 30).
+const doctorRequestTimeout = 45 * time.Second
+
 func newDoctor(cfg *rest.Config, o doctorOptions) (*doctor, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.Timeout = doctorRequestTimeout
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -112,29 +111,30 @@ type installation interface {
 }
 
 // detectInstallations finds podmeta's MutatingWebhookConfiguration and policy mode's
-// MutatingAdmissionPolicy; either, both or neither may be installed.
-func (d *doctor) detectInstallations(ctx context.Context) ([]installation, error) {
+// MutatingAdmissionPolicy; either, both or neither may be installed. A cluster without
+// the policy API (before 1.36) has no policy mode; one that forbids reading it gives a
+// warning.
+func (d *doctor) detectInstallations(ctx context.Context) ([]installation, []check, error) {
 	var found []installation
+	var notes []check
 	api := d.cs.AdmissionregistrationV1()
 	mwc, err := api.MutatingWebhookConfigurations().Get(ctx, d.opts.webhookConfig, metav1.GetOptions{})
 	switch {
 	case err == nil:
 		found = append(found, &webhookInstallation{mwc: mwc})
 	case !apierrors.IsNotFound(err):
-		return nil, fmt.Errorf("read MutatingWebhookConfiguration %s: %w", d.opts.webhookConfig, err)
+		return nil, nil, fmt.Errorf("read MutatingWebhookConfiguration %s: %w", d.opts.webhookConfig, err)
 	}
 	mp, err := api.MutatingAdmissionPolicies().Get(ctx, d.opts.policyName, metav1.GetOptions{})
 	switch {
 	case err == nil:
 		found = append(found, &policyInstallation{policy: mp})
+	case apierrors.IsForbidden(err):
+		notes = append(notes, warn("installation", "ask for get on mutatingadmissionpolicies", "cannot tell whether policy mode is installed: %s", reason(err)))
 	case !apierrors.IsNotFound(err):
-		// A cluster without the API (before 1.36, or with it turned off) has no policy mode.
-		var status apierrors.APIStatus
-		if !errors.As(err, &status) || (status.Status().Code != 404 && !apierrors.IsForbidden(err)) {
-			return nil, fmt.Errorf("read MutatingAdmissionPolicy %s: %w", d.opts.policyName, err)
-		}
+		return nil, nil, fmt.Errorf("read MutatingAdmissionPolicy %s: %w", d.opts.policyName, err)
 	}
-	return found, nil
+	return found, notes, nil
 }
 
 // diagnose runs every check on t and, for a manifest or workload, the dry-run.
@@ -144,10 +144,11 @@ func (d *doctor) diagnose(ctx context.Context, t *target) (*report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read namespace %s: %w", t.pod.Namespace, err)
 	}
-	installs, err := d.detectInstallations(ctx)
+	installs, notes, err := d.detectInstallations(ctx)
 	if err != nil {
 		return nil, err
 	}
+	r.Checks = append(r.Checks, notes...)
 	switch len(installs) {
 	case 0:
 		r.Checks = append(r.Checks, fail("installation", "install podmeta (docs/operations.md), or render and apply policy mode with `podmeta policy` (docs/policy.md)",
