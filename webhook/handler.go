@@ -75,6 +75,9 @@ type Handler struct {
 	// its Content-Length, as the apiserver's do.
 	LargeBodyBytes int64
 	LargeBodyRate  int64
+	// Events records Events on the owners of controller-created pods injected with
+	// warnings or skipped (events.go); nil: none. Never for dry-run requests.
+	Events *OwnerEvents
 
 	largeOnce sync.Once
 	large     *largeLane
@@ -494,6 +497,9 @@ func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Lo
 		return resp, nil
 	}
 	resp.Response.Warnings = plan.Warnings
+	if h.Events != nil && (plan.Skipped != "" || len(plan.Warnings) > 0) && (req.DryRun == nil || !*req.DryRun) {
+		h.Events.observe(body.Bytes(), req.Namespace, name, pod.Metadata.GenerateName, plan)
+	}
 	if plan.Empty() {
 		log.V(1).Info("nothing to inject", "skipped", plan.Skipped)
 		h.count(ResultSkipped)

@@ -28,6 +28,7 @@ func TestServerFlagDefaults(t *testing.T) {
 		{"--max-request-bytes=0"},
 		{"--max-namespace-waits=-1"},
 		{"--workload-validation=block"},
+		{"--owner-event-window=-1s"},
 	} {
 		o := defaultServerOptions()
 		fs := flag.NewFlagSet("webhook", flag.ContinueOnError)

@@ -18,8 +18,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilversion "k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -60,6 +62,7 @@ type serverOptions struct {
 	gracefulShutdown time.Duration
 	shutdownDelay    time.Duration
 	workloads        string
+	ownerEventWindow time.Duration
 	zap              zap.Options
 	cfg              webhook.Config
 	certs            certs.Config
@@ -86,6 +89,7 @@ func defaultServerOptions() *serverOptions {
 		gracefulShutdown: 30 * time.Second,
 		shutdownDelay:    5 * time.Second,
 		workloads:        webhook.WorkloadValidationDeny,
+		ownerEventWindow: webhook.DefaultEventWindow,
 		cfg:              webhook.DefaultConfig(),
 		certs:            certs.DefaultConfig(),
 	}
@@ -110,6 +114,7 @@ func (o *serverOptions) addFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish once the server stops")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", o.shutdownDelay, "after SIGTERM, keep serving this long, not ready and closing each connection after its response, so the apiserver moves to other replicas before this one stops")
 	fs.StringVar(&o.workloads, "workload-validation", o.workloads, "what "+WorkloadsPath+" does with a workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) whose pods podmeta would deny: deny (on CREATE and on an UPDATE that changes the template's podmeta annotations; a warning otherwise, and for objects a controller created), warn, or off (docs/workloads.md)")
+	fs.DurationVar(&o.ownerEventWindow, "owner-event-window", o.ownerEventWindow, "record an Event on the owner (ReplicaSet, Job, …) of a pod injected with warnings or skipped, at most one per owner and reason per this window (0: no Events)")
 	o.zap.BindFlags(fs)
 	o.cfg.AddFlags(fs)
 	o.certs.AddFlags(fs)
@@ -229,6 +234,11 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		LargeBodyBytes: o.largeBodyBytes,
 		LargeBodyRate:  o.largeBodyRate,
 	}
+	if o.ownerEventWindow > 0 {
+		if handler.Events, err = ownerEvents(mgr, restCfg, scheme, o.ownerEventWindow); err != nil {
+			return err
+		}
+	}
 	// GetWebhookServer also adds the server to the manager.
 	mgr.GetWebhookServer().Register(MutatePath, handler)
 	// Workload reviews share the pod path's body bounds, budget and in-flight slots.
@@ -268,7 +278,7 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 		return err
 	}
 	log.Info("starting podmeta", "version", version, "port", o.port, "nativeSidecars", native, "namespace", o.namespace, "certMode", o.certs.EffectiveMode(),
-		"clientAuth", o.clientCAFile != "", "workloadValidation", o.workloads, "maxInFlight", o.maxInFlight, "maxRequestBytes", o.maxBodyBytes, "bodyBudgetBytes", o.bodyBudget, "bodyReadTimeout", o.bodyReadTimeout, "largeBodyBytes", o.largeBodyBytes, "largeBodyRate", o.largeBodyRate)
+		"clientAuth", o.clientCAFile != "", "workloadValidation", o.workloads, "ownerEventWindow", o.ownerEventWindow, "maxInFlight", o.maxInFlight, "maxRequestBytes", o.maxBodyBytes, "bodyBudgetBytes", o.bodyBudget, "bodyReadTimeout", o.bodyReadTimeout, "largeBodyBytes", o.largeBodyBytes, "largeBodyRate", o.largeBodyRate)
 	// The manager gets its own context: on SIGTERM podmeta first drains for
 	// --shutdown-delay, then stops the manager, which finishes in-flight requests.
 	mgrCtx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
@@ -312,6 +322,9 @@ func (o *serverOptions) validate() error {
 	if !slices.Contains(webhook.WorkloadValidationModes, o.workloads) {
 		errs = append(errs, fmt.Errorf("--workload-validation=%q: valid values are %s", o.workloads, strings.Join(webhook.WorkloadValidationModes, ", ")))
 	}
+	if o.ownerEventWindow < 0 {
+		errs = append(errs, fmt.Errorf("--owner-event-window=%s: must not be negative (0: no Events)", o.ownerEventWindow))
+	}
 	if o.maxInFlight < 0 || o.maxNSWaits < 0 {
 		errs = append(errs, errors.New("--max-in-flight and --max-namespace-waits must not be negative"))
 	}
@@ -351,6 +364,32 @@ var namespaceType = metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}
 
 func namespaceMeta() *metav1.PartialObjectMetadata {
 	return &metav1.PartialObjectMetadata{TypeMeta: namespaceType}
+}
+
+// ownerEvents records Events with client-go's events.k8s.io/v1 machinery, run by the
+// manager: the broadcaster sends them (its own series aggregation on top of
+// OwnerEvents' bound) until the manager stops.
+func ownerEvents(mgr ctrl.Manager, restCfg *rest.Config, scheme *runtime.Scheme, window time.Duration) (*webhook.OwnerEvents, error) {
+	cs, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("client for events: %w", err)
+	}
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
+	e := &webhook.OwnerEvents{
+		Recorder: broadcaster.NewRecorder(scheme, "podmeta"),
+		Window:   window,
+		Results:  webhook.NewOwnerEventsMetric(crmetrics.Registry),
+	}
+	if err := mgr.Add(runnable(func(ctx context.Context) error {
+		if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+			return err
+		}
+		defer broadcaster.Shutdown()
+		return e.Start(ctx)
+	})); err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 // runnable adapts a function to manager.Runnable.

@@ -1,0 +1,190 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// fakeRecorder collects the events handed to client-go's recorder.
+type fakeRecorder struct {
+	mu     sync.Mutex
+	events []string // "Kind/name uid type reason: note"
+}
+
+func (r *fakeRecorder) Eventf(regarding, _ runtime.Object, eventtype, reason, _, note string, args ...interface{}) {
+	ref := regarding.(*corev1.ObjectReference)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, fmt.Sprintf("%s/%s %s %s %s: %s", ref.Kind, ref.Name, ref.UID, eventtype, reason, fmt.Sprintf(note, args...)))
+}
+
+func (r *fakeRecorder) all() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.events...)
+}
+
+// ownedReview is the recorded typical pod review (created by ReplicaSet web-7d9f8c6b5)
+// with its owner renamed to owner (uid "uid-"+owner, pods named owner-*) and
+// annotations added.
+func ownedReview(t testing.TB, owner string, ann map[string]string, dryRun bool) []byte {
+	return recorded(t, "typical", func(review map[string]any) {
+		req := request(review)
+		meta := req["object"].(map[string]any)["metadata"].(map[string]any)
+		ref := meta["ownerReferences"].([]any)[0].(map[string]any)
+		ref["name"], ref["uid"] = owner, "uid-"+owner
+		meta["generateName"] = owner + "-"
+		for k, v := range ann {
+			podAnnotations(review)[k] = v
+		}
+		req["dryRun"] = dryRun
+	})
+}
+
+func eventsHandler(t testing.TB, e *OwnerEvents) *Handler {
+	h, _ := testHandler(t)
+	h.Events = e
+	return h
+}
+
+// waitEvents waits until the recorder has n events, and a moment more to see that no
+// more come.
+func waitEvents(t *testing.T, r *fakeRecorder, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(r.all()) < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	got := r.all()
+	if len(got) != n {
+		t.Fatalf("%d events, want %d:\n%s", len(got), n, strings.Join(got, "\n"))
+	}
+	return got
+}
+
+// A 1,000-replica rollout of two ReplicaSets, every pod warned and some skipped,
+// writes one Event per owner and reason; the next window writes one more; dry runs and
+// pods without a controller write none.
+func TestOwnerEventsBounded(t *testing.T) {
+	rec := &fakeRecorder{}
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	var clockMu sync.Mutex
+	e := &OwnerEvents{Recorder: rec, Results: NewOwnerEventsMetric(nil), Now: func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go e.Start(ctx)
+	h := eventsHandler(t, e)
+	warned := map[string]string{Prefix + "bogus": "x"}
+	skipped := map[string]string{AnnotationInject: "false"}
+
+	rollout := func(owner string, ann map[string]string, dryRun bool) {
+		body := ownedReview(t, owner, ann, dryRun)
+		for range 1000 {
+			if s := serve(t, h, "application/json", body); s.code != http.StatusOK || !s.review.Response.Allowed {
+				t.Fatalf("HTTP %d %s", s.code, s.body)
+			}
+		}
+	}
+	rollout("web-a", warned, false)
+	rollout("web-b", warned, false)
+	rollout("web-a", skipped, false)
+	rollout("web-dry", warned, true) // dry run: nothing
+	got := waitEvents(t, rec, 3)
+	for _, want := range []string{
+		"ReplicaSet/web-a uid-web-a Warning PodmetaWarnings: podmeta injected pod ",
+		"ReplicaSet/web-b uid-web-b Warning PodmetaWarnings: ",
+		"ReplicaSet/web-a uid-web-a Normal PodmetaSkipped: podmeta left pod ",
+	} {
+		if !strings.Contains(strings.Join(got, "\n"), want) {
+			t.Errorf("events lack %q:\n%s", want, strings.Join(got, "\n"))
+		}
+	}
+	if !strings.Contains(got[0], "unknown pod annotation podmeta.io/bogus ignored") || !strings.Contains(got[0], "not reported again for 10m0s") {
+		t.Errorf("note %q", got[0])
+	}
+	if n := testutil.ToFloat64(e.Results.WithLabelValues(EventDeduplicated)); n != 3*999 {
+		t.Errorf("deduplicated %v, want %d", n, 3*999)
+	}
+
+	// A pod without a controller ownerReference: its creator saw the warnings.
+	body := recorded(t, "typical", func(review map[string]any) {
+		delete(request(review)["object"].(map[string]any)["metadata"].(map[string]any), "ownerReferences")
+		podAnnotations(review)[Prefix+"bogus"] = "x"
+	})
+	serve(t, h, "application/json", body)
+
+	// The next window: one more for the owner still rolling out.
+	clockMu.Lock()
+	now = now.Add(DefaultEventWindow)
+	clockMu.Unlock()
+	rollout("web-a", warned, false)
+	waitEvents(t, rec, 4)
+}
+
+// The owners remembered are bounded (an LRU of MaxOwners), and a full queue drops
+// events instead of blocking the request.
+func TestOwnerEventsMemoryAndQueueBounded(t *testing.T) {
+	rec := &fakeRecorder{}
+	e := &OwnerEvents{Recorder: rec, MaxOwners: 100, Results: NewOwnerEventsMetric(nil)}
+	h := eventsHandler(t, e)
+	warned := map[string]string{Prefix + "bogus": "x"}
+	start := time.Now()
+	for i := range 300 { // no Start: nothing drains the queue
+		serve(t, h, "application/json", ownedReview(t, fmt.Sprintf("rs-%d", i), warned, false))
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("300 requests took %s with a full queue", d)
+	}
+	e.mu.Lock()
+	remembered := len(e.recent)
+	e.mu.Unlock()
+	if remembered != 100 {
+		t.Errorf("%d owners remembered, want the bound 100", remembered)
+	}
+	queued, dropped := testutil.ToFloat64(e.Results.WithLabelValues(EventRecorded)), testutil.ToFloat64(e.Results.WithLabelValues(EventDropped))
+	if queued != eventQueue || dropped != 300-eventQueue {
+		t.Errorf("queued %v dropped %v, want %d and %d", queued, dropped, eventQueue, 300-eventQueue)
+	}
+}
+
+// BenchmarkHandlerOwnerEvents is the cost of events on the pod path: a warned pod of
+// one ReplicaSet (deduplicated after the first), with and without OwnerEvents.
+func BenchmarkHandlerOwnerEvents(b *testing.B) {
+	body := ownedReview(b, "web", map[string]string{Prefix + "bogus": "x"}, false)
+	for _, withEvents := range []bool{false, true} {
+		b.Run(fmt.Sprintf("events=%v", withEvents), func(b *testing.B) {
+			h, _ := testHandler(b)
+			h.Log = logr.Discard()
+			if withEvents {
+				e := &OwnerEvents{Recorder: &fakeRecorder{}}
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go e.Start(ctx)
+				h.Events = e
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				r := httptest.NewRequest(http.MethodPost, "/mutate-v1-pod", bytes.NewReader(body))
+				r.Header.Set("Content-Type", "application/json")
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, r)
+				if w.Code != http.StatusOK {
+					b.Fatal(w.Code, w.Body.String())
+				}
+			}
+		})
+	}
+}
