@@ -28,6 +28,9 @@
 // additions.go (each change as JSON patch and on a typed Pod), objects.go (the Kubernetes
 // objects added), patchjson.go (the patch writer), fastjson.go (an optional fast path
 // for the writer; deleting it changes speed, not bytes), view.go (the decoded pod),
-// handler.go (HTTP) and workloads.go (apply-time validation of workload pod templates,
-// served by the same Handler: the template is planned as a pod, never mutated).
+// handler.go (HTTP), workloads.go (apply-time validation of workload pod templates,
+// served by the same Handler: the template is planned as a pod, never mutated) and
+// events.go (Events on the owners of pods injected with warnings or skipped, bounded
+// and recorded off the request goroutine; the one I/O the Handler starts, through an
+// injected recorder).
 package webhook
