@@ -168,7 +168,7 @@ func (d *doctor) diagnose(ctx context.Context, t *target) (*report, error) {
 	}
 	r.Checks = append(r.Checks, namespaceAnnotationsCheck(ns))
 	if t.existing {
-		r.Checks = append(r.Checks, d.recordCheck(ctx, t, ns, r)...)
+		r.Checks = append(r.Checks, d.recordCheck(t, ns, r)...)
 	} else {
 		r.Checks = append(r.Checks, templateChecks(t)...)
 		r.Checks = append(r.Checks, d.dryRunCheck(ctx, t, r)...)
@@ -319,7 +319,7 @@ func podChanges(before, after *corev1.Pod) []string {
 
 // recordCheck reads an existing pod's record and checks it against its spec, as a
 // reinvocation would (webhook.Injector.VerifyRecord).
-func (d *doctor) recordCheck(ctx context.Context, t *target, ns *corev1.Namespace, r *report) []check {
+func (d *doctor) recordCheck(t *target, ns *corev1.Namespace, r *report) []check {
 	raw, err := json.Marshal(t.pod)
 	if err != nil {
 		return []check{fail("record", "", "%v", err)}
@@ -430,7 +430,7 @@ func describeRules(rs []admissionregistrationv1.RuleWithOperations) string {
 // each requirement that fails with a fix for it.
 func selectorCheck(name, what string, sel *metav1.LabelSelector, have map[string]string, fixFor func(labels.Requirement) string) check {
 	if sel == nil { // the apiserver's default: everything
-		return ok(name, "none: every %s matches", what)
+		return ok(name, "none: %s is selected", what)
 	}
 	s, err := metav1.LabelSelectorAsSelector(sel)
 	if err != nil {

@@ -63,13 +63,13 @@ func (p *policyInstallation) check(ctx context.Context, d *doctor, t *target, ns
 		out = append(out,
 			rulesCheck("rules", rs, attr, policyFix),
 			selectorCheck("namespace selector", "namespace "+ns.Name, m.NamespaceSelector, ns.Labels, namespaceFix(ns.Name)),
-			selectorCheck("object selector", "the pod's labels", m.ObjectSelector, t.pod.Labels, podFix(t)))
+			selectorCheck("object selector", "the pod", m.ObjectSelector, t.pod.Labels, podFix(t)))
 	}
 	if binding != nil && binding.Spec.MatchResources != nil {
 		m := binding.Spec.MatchResources
 		out = append(out,
 			selectorCheck("binding namespace selector", "namespace "+ns.Name, m.NamespaceSelector, ns.Labels, namespaceFix(ns.Name)),
-			selectorCheck("binding object selector", "the pod's labels", m.ObjectSelector, t.pod.Labels, podFix(t)))
+			selectorCheck("binding object selector", "the pod", m.ObjectSelector, t.pod.Labels, podFix(t)))
 	}
 	out = append(out, matchConditionsCheck("match conditions", p.policy.Spec.MatchConditions, p.policy.Spec.FailurePolicy, t.pod))
 	return out

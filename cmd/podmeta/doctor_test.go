@@ -96,11 +96,11 @@ func TestDoctorMatching(t *testing.T) {
 		t.Errorf("kube-system: %+v", c)
 	}
 	optedOut := doctorPod(map[string]string{webhook.LabelInject: "disabled"}, nil)
-	c = selectorCheck("obj", "the pod's labels", wh.ObjectSelector, optedOut.Labels, podFix(&target{pod: optedOut}))
+	c = selectorCheck("obj", "the pod", wh.ObjectSelector, optedOut.Labels, podFix(&target{pod: optedOut}))
 	if c.Verdict != verdictFail || !strings.Contains(c.Fix, "remove the label podmeta.io/inject=disabled") {
 		t.Errorf("opted-out label: %+v", c)
 	}
-	if c := selectorCheck("obj", "the pod's labels", wh.ObjectSelector, p.Labels, podFix(tg)); c.Verdict != verdictOK {
+	if c := selectorCheck("obj", "the pod", wh.ObjectSelector, p.Labels, podFix(tg)); c.Verdict != verdictOK {
 		t.Errorf("plain pod: %+v", c)
 	}
 

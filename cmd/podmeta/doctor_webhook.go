@@ -53,7 +53,7 @@ func (w *webhookInstallation) check(ctx context.Context, d *doctor, t *target, n
 		out = append(out,
 			rulesCheck(prefix+"rules", wh.Rules, attr, reinstallFix),
 			selectorCheck(prefix+"namespace selector", "namespace "+ns.Name, wh.NamespaceSelector, ns.Labels, namespaceFix(ns.Name)),
-			selectorCheck(prefix+"object selector", "the pod's labels", wh.ObjectSelector, t.pod.Labels, podFix(t)),
+			selectorCheck(prefix+"object selector", "the pod", wh.ObjectSelector, t.pod.Labels, podFix(t)),
 			matchConditionsCheck(prefix+"match conditions", wh.MatchConditions, wh.FailurePolicy, t.pod))
 		out = append(out, d.servingChecks(ctx, wh)...)
 	}
