@@ -213,7 +213,7 @@ func TestDoctorInjected(t *testing.T) {
 	}
 
 	create(t, ns, p)
-	r, code = doctor(t, "", "-n", ns, "web")
+	r, code = doctor(t, "", "web", "-n", ns) // flags after the object, as kubectl takes them
 	if code != 0 || !r.Injected || r.Target != "pod/web" {
 		t.Fatalf("existing pod: exit %d, %+v", code, r)
 	}

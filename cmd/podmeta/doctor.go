@@ -98,16 +98,24 @@ func runDoctor(ctx context.Context, args []string, s streams) error {
 			"each with a fix. Exit status 0: injected; 1: not injected or a check failed; 2: doctor could not tell.\n\n", programName())
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	// Flags may come before or after the object, as kubectl takes them.
+	var objects []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return &exitStatus{code: doctorError}
 		}
-		return &exitStatus{code: doctorError}
+		if fs.NArg() == 0 {
+			break
+		}
+		objects, rest = append(objects, fs.Arg(0)), fs.Args()[1:]
 	}
 	if o.output != "text" && o.output != "json" {
 		return doctorFailed("-o %q: want text or json", o.output)
 	}
-	if (fs.NArg() == 1) == (o.manifest != "") || fs.NArg() > 1 {
+	if (len(objects) == 1) == (o.manifest != "") || len(objects) > 1 {
 		fs.Usage()
 		return doctorFailed("give one of POD, KIND/NAME or -f MANIFEST")
 	}
@@ -126,7 +134,7 @@ func runDoctor(ctx context.Context, args []string, s streams) error {
 	if o.manifest != "" {
 		t, err = targetFromManifest(o.manifest, s.in)
 	} else {
-		t, err = d.targetFromCluster(ctx, ns, fs.Arg(0))
+		t, err = d.targetFromCluster(ctx, ns, objects[0])
 	}
 	if err != nil {
 		return doctorFailed("%w", err)
