@@ -130,7 +130,7 @@ func (r *renderer) render() (*Policies, error) {
 	injectedAll := admissionregistrationv1.MatchCondition{Name: "not-injected-yet", Expression: unbind(
 		`!has(object.metadata.annotations) || !(` + lit(webhook.AnnotationStatus) + ` in object.metadata.annotations) || !(` + lit(webhook.AnnotationInjected) + ` in object.metadata.annotations) || ` +
 			`cel.bind(inj, object.metadata.annotations[` + lit(webhook.AnnotationInjected) + `].split(','), ` +
-			`(object.spec.?initContainers.orValue([]) + object.spec.containers).exists(c, c.name != ` + lit(webhook.AmbassadorContainerName) + ` && !(c.name in inj)))`)}
+			`(dyn(object.spec.?initContainers.orValue([])) + object.spec.containers).exists(c, c.name != ` + lit(webhook.AmbassadorContainerName) + ` && !(c.name in inj)))`)}
 	ignore := admissionregistrationv1.Ignore
 	fail := admissionregistrationv1.Fail
 	shared := r.sharedVariables()
@@ -338,7 +338,7 @@ func (r *renderer) crossChecks() []string {
 	port := setting(webhook.AnnotationAmbassadorPort)
 	clash := fmt.Sprintf("%s && %s == 'true' && variables.ambassadorAllowed && %s ? "+
 		"cel.bind(p, int(%s.trim()), cel.bind(h, p == 65535 ? 65534 : p + 1, "+
-		"cel.bind(cs, (object.spec.?initContainers.orValue([]) + object.spec.?containers.orValue([])).filter(c, c.name != %s && c.?ports.orValue([]).exists(x, x.containerPort == p || x.containerPort == h)), "+
+		"cel.bind(cs, (dyn(object.spec.?initContainers.orValue([])) + object.spec.?containers.orValue([])).filter(c, c.name != %s && c.?ports.orValue([]).exists(x, x.containerPort == p || x.containerPort == h)), "+
 		"size(cs) == 0 ? '' : cel.bind(x, cs[0].ports.filter(x, x.containerPort == p || x.containerPort == h)[0].containerPort, "+
 		"%s + '=' + string(p) + ': container ' + strings.quote(cs[0].name) + ' already declares port ' + string(x) + ', and the ambassador needs ports ' + string(p) + ' and ' + string(h) + '; choose another port from 1024 to 65535')))) : ''",
 		valid(webhook.AnnotationAmbassador), norm(setting(webhook.AnnotationAmbassador)), valid(webhook.AnnotationAmbassadorPort), port,
@@ -384,7 +384,9 @@ func (r *renderer) injectionVariables() []admissionregistrationv1.Variable {
 		{Name: "nInit", Expression: "size(object.spec.?initContainers.orValue([]))"},
 		// Every container, init containers first: a global index g is initContainers[g]
 		// below nInit, containers[g - nInit] from it.
-		{Name: "ctrs", Expression: "object.spec.?initContainers.orValue([]) + object.spec.?containers.orValue([])"},
+		// dyn: in the Pod's schema, as the apiserver type-checks, an init container and a
+		// container are two types.
+		{Name: "ctrs", Expression: "dyn(object.spec.?initContainers.orValue([])) + object.spec.?containers.orValue([])"},
 		{Name: "all", Expression: "lists.range(size(variables.ctrs)).filter(g, variables.ctrs[g].name != " + lit(webhook.AmbassadorContainerName) + ")"},
 		{Name: "names", Expression: items(setting(webhook.AnnotationContainers)) + ".distinct()"},
 		{Name: "targets", Expression: "size(variables.names) == 0 ? variables.all : " +

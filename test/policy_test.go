@@ -280,3 +280,33 @@ func TestPolicyOptIn(t *testing.T) {
 		}
 	}
 }
+
+// The largest reference pod of podmeta policy --costs (200 containers, every env key,
+// the ambassador) is admitted and injected in policy mode, within the apiserver's CEL
+// limits, exactly as the webhook injects it.
+func TestPolicyLargePod(t *testing.T) {
+	installPolicies(t)
+	refs := policy.ReferencePods()
+	large := refs[len(refs)-1].Pod.DeepCopy()
+	if len(large.Spec.Containers) != 200 {
+		t.Fatalf("the largest reference pod has %d containers, want 200", len(large.Spec.Containers))
+	}
+	large.Namespace, large.Spec.Volumes = "", nil // the ServiceAccount plugin adds the token volume
+	input := large.DeepCopy()
+	want := create(t, namespace(t, nil, nil), large.DeepCopy())
+	got := create(t, namespace(t, map[string]string{policyLabel: "enabled"}, nil), large)
+	if !injected(got) || len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Name != webhook.AmbassadorContainerName {
+		t.Fatalf("the 200-container pod is not injected in policy mode (record %q, %d init containers)", got.Annotations[webhook.AnnotationStatus], len(got.Spec.InitContainers))
+	}
+	for _, c := range got.Spec.Containers {
+		if len(c.Env) != 17 || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == webhook.VolumeName }) {
+			t.Fatalf("container %s: %d env vars (want every key, PODMETA_API_URL and its own: 17), mounts %v", c.Name, len(c.Env), c.VolumeMounts)
+		}
+	}
+	if err := policy.ExpectedRecord(want, input); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(comparable(t, want), comparable(t, got)); diff != "" {
+		t.Errorf("policy mode stores a different 200-container pod (-webhook +policy):\n%.4000s", diff)
+	}
+}

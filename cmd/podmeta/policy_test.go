@@ -69,3 +69,21 @@ func TestPolicyInvalidFlags(t *testing.T) {
 		t.Error("rendered despite an invalid flag")
 	}
 }
+
+// --costs prints every expression's cost on each reference pod, the MAP's largest being
+// its mutation, against the apiserver's limits.
+func TestPolicyCosts(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := runPolicy(context.Background(), []string{"--costs"}, streams{nil, &out, &errOut}); err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	text := out.String()
+	for _, want := range []string{"1000000 per expression", "| podmeta | mutations[0] |", "| podmeta | variables.status |", "| podmeta-annotations | validations[0] |", "| podmeta | **total** |", "200 containers"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("--costs output lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "MutatingAdmissionPolicy") {
+		t.Error("--costs rendered the policies too")
+	}
+}
