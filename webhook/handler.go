@@ -49,6 +49,7 @@ type NamespaceAnnotations func(ctx context.Context, namespace string) map[string
 // denial with the engine's message, or HTTP 4xx for a request that is not a review.
 // Anything but a Pod CREATE is allowed untouched. A panic is recovered, logged, counted
 // and answered with HTTP 500: it never reaches the apiserver as a dropped connection.
+// Workloads serves workload reviews behind the same reading, bounds and recovery.
 type Handler struct {
 	Injector     *Injector
 	Namespaces   NamespaceAnnotations // nil: no namespace defaults

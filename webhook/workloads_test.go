@@ -323,3 +323,40 @@ func TestWorkloadNotAWorkload(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// FuzzWorkloadHandler sends arbitrary template annotations, object annotations and
+// bytes to /validate-workloads: never a panic (HTTP 500), and never a denial for a
+// controller's object.
+func FuzzWorkloadHandler(f *testing.F) {
+	f.Add(uint8(0), "POD_IPZ", "true", []byte(nil))
+	f.Add(uint8(3), "8001", "", []byte(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"u","kind":{"group":"apps","kind":"Deployment"},"operation":"CREATE","object":{"spec":{"template":7}}}}`))
+	v := testValidator(f, "")
+	keys := fuzzKeys
+	f.Fuzz(func(t *testing.T, key uint8, value, metaValue string, raw []byte) {
+		h := &Handler{Injector: v.Injector, Log: logr.Discard()}
+		body := raw
+		owned := false
+		if len(raw) == 0 {
+			d := deployment(map[string]string{keys[int(key)%len(keys)]: value})
+			d.Annotations = map[string]string{AnnotationEnv: metaValue}
+			var obj runtime.Object = d
+			if key%2 == 1 {
+				owned = true
+				obj = &appsv1.ReplicaSet{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "ReplicaSet"},
+					ObjectMeta: metav1.ObjectMeta{Name: "rs", OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", Controller: ptrTo(true)}}},
+					Spec:       appsv1.ReplicaSetSpec{Template: d.Spec.Template}}
+			}
+			body = workloadReviewJSON(t, "CREATE", "opted-in", obj, nil)
+		}
+		r := httptest.NewRequest(http.MethodPost, "/validate-workloads", bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		h.Workloads(v).ServeHTTP(w, r)
+		if w.Code >= 500 {
+			t.Fatalf("HTTP %d: %s", w.Code, w.Body)
+		}
+		if owned && w.Code == http.StatusOK && strings.Contains(w.Body.String(), `"allowed":false`) {
+			t.Fatalf("a controller's ReplicaSet was denied: %s", w.Body)
+		}
+	})
+}
