@@ -125,6 +125,10 @@ record-reviews: k8s ## Re-record the AdmissionReviews of webhook/testdata/admiss
 chart-golden: ## Rewrite the Helm chart's golden renderings (review the diff!).
 	go test ./test -run TestChartGolden -update-chart
 
+.PHONY: chart-policy
+chart-policy: ## Regenerate the chart's policy mode (charts/podmeta/templates/policy-mode.yaml) from podmeta policy.
+	go run ./policy/chartgen
+
 ##@ Tools (cached in bin/)
 
 .PHONY: helm

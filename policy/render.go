@@ -254,12 +254,10 @@ func (r *renderer) defaultsLiteral(keys []string) string {
 // noDefaultClash is the start of the invalid variable: a pod and namespace without
 // podmeta annotations have nothing invalid, unless the operator turned the ambassador on
 // by default (its port may clash with the pod's own ports). The defaults themselves pass
-// Settings.check (webhook.Config.Validate, which Render calls).
+// Settings.check (webhook.Config.Validate, which Render calls). The operator's default
+// is written as a CEL literal, as every default is, so that a template can set it.
 func (r *renderer) noDefaultClash() string {
-	if strings.ToLower(strings.TrimSpace(r.defaults[webhook.AnnotationAmbassador])) == "true" {
-		return ""
-	}
-	return "!variables.annotated ? [] : "
+	return "!variables.annotated && " + norm(lit(r.defaults[webhook.AnnotationAmbassador])) + " != 'true' ? [] : "
 }
 
 // ambassadorAllowed is checkAmbassador's first four cases: the pod may have API

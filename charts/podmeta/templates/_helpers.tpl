@@ -106,3 +106,36 @@ namespace (podmeta's own) and the user's extras, without duplicates.
 {{- end }}
 {{- join "," $items }}
 {{- end }}
+
+{{/*
+"true" in mode webhook (the default), "false" in mode policy. Every object that exists
+for the webhook server (its Deployment, Service, certificates, webhook configuration,
+PodDisruptionBudget, NetworkPolicy, ServiceAccount and RBAC, metrics objects) is wrapped
+in: {{- if eq (include "podmeta.webhookMode" .) "true" }}. Policy mode installs
+templates/policy-mode.yaml instead (docs/policy.md).
+*/}}
+{{- define "podmeta.webhookMode" -}}
+{{- ternary "true" "false" (ne .Values.mode "policy") }}
+{{- end }}
+
+{{/*
+The ambassador's resources as the CEL literal policy mode's MutatingAdmissionPolicy
+builds the sidecar with (policy.HelmTemplate: template.literal of the container's
+resources, inside a JSON string): keys sorted, each value in dyn().
+*/}}
+{{- define "podmeta.policyResources" -}}
+{{- $kinds := list }}
+{{- range $kind := list "limits" "requests" }}
+{{- $list := index $.Values.ambassador.resources $kind | default dict }}
+{{- $items := list }}
+{{- range $res := list "cpu" "ephemeral-storage" "memory" }}
+{{- if hasKey $list $res }}
+{{- $items = append $items (printf `\"%s\": dyn(\"%v\")` $res (index $list $res)) }}
+{{- end }}
+{{- end }}
+{{- if $items }}
+{{- $kinds = append $kinds (printf `\"%s\": dyn({%s})` $kind (join ", " $items)) }}
+{{- end }}
+{{- end }}
+{{- printf "{%s}" (join ", " $kinds) }}
+{{- end }}
