@@ -10,4 +10,11 @@
 // names and the operator's defaults. The tests run the rendered policies through the
 // apiserver's own CEL code (k8s.io/apiserver) against every golden input of the
 // engine and compare the pods; docs/policy.md lists what policy mode does differently.
+//
+// RuntimeCosts (costs.go) charges every expression of the policies on a pod as the
+// apiserver's cost tracking does, against its per-expression limit and per-evaluation
+// budget (podmeta policy --costs). HelmTemplate (helm.go) turns Render's output into
+// the Helm chart's template of policy mode, each chart value written as a Helm
+// expression where Render put it; chartgen writes it into the chart (make
+// chart-policy).
 package policy
