@@ -109,4 +109,13 @@ func TestOwnerEventOnSkippedPod(t *testing.T) {
 		}
 		return ""
 	})
+	// The README's third line: `kubectl get events -n NS --field-selector
+	// reason=PodmetaSkipped` (kubectl reads core/v1 Events) finds it on the owner.
+	core, err := cp.Clientset.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "reason=" + webhook.EventReasonSkipped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(core.Items) != 1 || core.Items[0].InvolvedObject.Kind != "ReplicaSet" || core.Items[0].InvolvedObject.Name != rs.Name {
+		t.Fatalf("core/v1 events with reason=%s: %+v", webhook.EventReasonSkipped, core.Items)
+	}
 }
