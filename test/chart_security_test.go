@@ -173,9 +173,9 @@ func TestChartRBACPerCertMode(t *testing.T) {
 		for _, r := range rules {
 			got = append(got, fmt.Sprintf("%s %v %v", strings.Join(r.Resources, ","), r.ResourceNames, r.Verbs))
 		}
-		want := []string{"namespaces [] [list watch]"}
+		want := []string{"namespaces [] [list watch]", "events [] [create patch]"}
 		if mode == "selfManaged" {
-			want = append(want, "mutatingwebhookconfigurations [podmeta] [get update]", "secrets [podmeta-webhook-tls] [get update]")
+			want = append(want, "mutatingwebhookconfigurations [podmeta] [get update]", "validatingwebhookconfigurations [podmeta-workloads] [get update]", "secrets [podmeta-webhook-tls] [get update]")
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("%s: rules (-want +got):\n%s", mode, diff)

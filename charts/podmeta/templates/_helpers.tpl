@@ -139,3 +139,9 @@ resources, inside a JSON string): keys sorted, each value in dyn().
 {{- end }}
 {{- printf "{%s}" (join ", " $kinds) }}
 {{- end }}
+
+{{/* The workload validation's ValidatingWebhookConfiguration: podmeta's default
+--validating-webhook-config-name for --webhook-config-name. */}}
+{{- define "podmeta.workloadsWebhookConfigName" -}}
+{{- include "podmeta.webhookConfigName" . }}-workloads
+{{- end }}
