@@ -1,6 +1,7 @@
 // Command demo is `make demo`: a real local control plane (etcd + kube-apiserver built
 // from source), podmeta's real binary behind its shipped webhook configuration, an
-// opted-in namespace, and sample pods with a readable account of what each one got;
+// opted-in namespace, and sample pods with a readable account of what each one got, a
+// Deployment with a typo denied at apply time and `podmeta doctor` on a pod left alone;
 // then the same sample pods in policy mode (docs/policy.md): the webhook gone, the
 // policies podmeta policy renders doing the injection inside the apiserver.
 // -mode=webhook or -mode=policy runs one mode only. DEMO_KEEP=1 leaves everything
@@ -16,6 +17,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -24,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -104,6 +107,9 @@ func run(ctx context.Context, out io.Writer) error {
 
 	if *mode != "policy" {
 		runSamples(ctx, out, cs, rec, ns)
+		if err := workloadAndDoctor(ctx, out, cp, cs, rec, *binary, ns); err != nil {
+			return err
+		}
 	}
 	if *mode != "webhook" {
 		ns = "demo-policy"
@@ -164,6 +170,9 @@ func policyMode(ctx context.Context, out io.Writer, cp *harness.ControlPlane, pm
 	if err := api.MutatingWebhookConfigurations().Delete(ctx, "podmeta", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
+	if err := api.ValidatingWebhookConfigurations().Delete(ctx, "podmeta-workloads", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
 	fmt.Fprintln(out, "» podmeta policy --ambassador-image=ghcr.io/podmeta/ambassador:demo | kubectl apply -f -")
 	cfg := webhook.DefaultConfig()
 	cfg.AmbassadorImage = demoImage
@@ -197,6 +206,55 @@ func policyMode(ctx context.Context, out io.Writer, cp *harness.ControlPlane, pm
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// workloadAndDoctor shows what users meet outside the happy path: a Deployment with a
+// typo denied at `kubectl apply` (not later, as a FailedCreate on its ReplicaSet), and
+// `podmeta doctor` saying why a pod in a namespace that is not opted in got nothing.
+func workloadAndDoctor(ctx context.Context, out io.Writer, cp *harness.ControlPlane, cs kubernetes.Interface, rec *warnings, binary, ns string) error {
+	typo := map[string]string{webhook.AnnotationEnv: "POD_NAME,POD_IPP"}
+	labels := map[string]string{"app": "web"}
+	fmt.Fprintf(out, "━━ deployment/web\n   A Deployment with the same typo in its pod template: denied at kubectl apply, where the user looks.\n   template annotation %s: %q\n", webhook.AnnotationEnv, typo[webhook.AnnotationEnv])
+	_, err := cs.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: corev1.PodTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: typo},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.k8s.io/busybox:1.36"}}},
+		}},
+	}, metav1.CreateOptions{})
+	for _, w := range rec.take() {
+		fmt.Fprintf(out, "   Warning: %s\n", w)
+	}
+	if err == nil {
+		return errors.New("the Deployment with a typo was accepted: workload validation did not answer")
+	}
+	fmt.Fprintf(out, "   ✗ rejected: %v\n\n", err)
+
+	const forgotten = "demo-forgotten"
+	fmt.Fprintf(out, "━━ pod/web in namespace %s\n   Annotated for injection in a namespace nobody opted in: created untouched. Why? podmeta doctor asks the cluster.\n", forgotten)
+	if err := cp.EnsureNamespace(ctx, forgotten, nil, nil); err != nil {
+		return err
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Annotations: map[string]string{webhook.AnnotationEnv: "all"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.k8s.io/busybox:1.36"}}}}
+	if _, err := cs.CoreV1().Pods(forgotten).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	_, kubeconfig, err := cp.UserConfig("demo-doctor", "system:masters")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "» podmeta doctor -n %s web\n", forgotten)
+	doctor := exec.CommandContext(ctx, binary, "doctor", "--kubeconfig", kubeconfig, "-n", forgotten, "web")
+	report, err := doctor.CombinedOutput()
+	for line := range strings.Lines(string(report)) {
+		fmt.Fprint(out, "   ", line)
+	}
+	if code := doctor.ProcessState.ExitCode(); code != 1 {
+		return fmt.Errorf("podmeta doctor on an un-injected pod: exit status %d, want 1 (%v)", code, err)
+	}
+	fmt.Fprintln(out)
+	return nil
 }
 
 // demoImage is the ambassador image of both modes.
