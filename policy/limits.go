@@ -22,7 +22,7 @@ func Differences() []Difference {
 	return []Difference{
 		{"No admission warnings: a MutatingAdmissionPolicy cannot return any, so what the pod kept of its own (an env var it defines, a mount path in use), what was not added and why (hostNetwork, automountServiceAccountToken: false, unknown container names), and unknown podmeta.io/ keys or repeated list items pass silently.",
 			"policy: TestGoldenDifferential (every golden with warnings: same pod, no warnings)"},
-		{`The status record has no "skipped" list (it is the webhook's warnings).`,
+		{`The status record has no "skipped" list (the webhook's skip reasons).`,
 			"policy: TestGoldenDifferential (ExpectedRecord), TestStatusDifferences"},
 		{"A pod that already has podmeta.io/status keeps it as it is: CEL has no JSON parser to verify the record against the spec and merge this pass into it. On a reinvocation (a later mutator added a container) the new container is injected, but the record does not list it; a forged record is not rewritten (the safety net still checks it).",
 			"policy: TestGoldenDifferential/forged-status, TestGoldenDifferential/reinvocation-new-container"},

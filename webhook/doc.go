@@ -28,7 +28,11 @@
 // additions.go (each change as JSON patch and on a typed Pod), objects.go (the Kubernetes
 // objects added), patchjson.go (the patch writer), fastjson.go (an optional fast path
 // for the writer; deleting it changes speed, not bytes), view.go (the decoded pod),
-// handler.go (HTTP), workloads.go (apply-time validation of workload pod templates,
+// status.go (the podmeta.io/status record, its skip-reason codes and VerifyRecord, which
+// the reinvocation check, uninject and doctor share), bounds.go (what any request may
+// make podmeta compute, hold or send), policy_export.go (the tables package policy
+// compiles into CEL), handler.go (HTTP), largebody.go (large bodies one at a time, at a
+// bounded byte rate), metrics.go, workloads.go (apply-time validation of workload pod templates,
 // served by the same Handler: the template is planned as a pod, never mutated) and
 // events.go (Events on the owners of pods injected with warnings or skipped, bounded
 // and recorded off the request goroutine; the one I/O the Handler starts, through an
