@@ -3,6 +3,8 @@ package webhook
 import (
 	"container/list"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/flowcontrol"
 )
 
 // Events where someone reads them (docs/workloads.md): the admission warnings of a pod a
@@ -27,8 +30,16 @@ import (
 // writes one Event per ReplicaSet and reason, not 1,000 (client-go's own aggregation
 // lets ~25 through before it throttles). Recording never runs on the request
 // goroutine: the request only decides, under one mutex, and hands the event to a
-// bounded queue (full: dropped and counted); Start drains it into client-go's
-// recorder. Nothing is recorded for dry-run requests.
+// bounded queue (full: dropped, counted, and not remembered, so the owner's next pod
+// tries again); Start drains it into client-go's recorder at most Rate a second (burst
+// Burst), because that recorder starts goroutines per Event and retries each for
+// minutes: what it holds is bounded by the rate, not by how fast requests come.
+// Nothing is recorded for dry-run requests.
+//
+// What a request names is bounded before it is kept: the LRU keeps a SHA-256 of each
+// key, never the names (the admission chain runs before the apiserver validates
+// generateName or ownerReferences, so they may be megabytes), and an owner reference
+// no object could have (a name over 253 bytes, a kind over 63, …) gets no Event.
 
 // Reasons of the owner Events.
 const (
@@ -42,6 +53,10 @@ const (
 const (
 	DefaultEventWindow    = 10 * time.Minute
 	DefaultEventMaxOwners = 4096
+	// DefaultEventRate and DefaultEventBurst bound the Events handed to client-go's
+	// recorder: a second, and at once.
+	DefaultEventRate  = 10.0
+	DefaultEventBurst = 25
 	// eventQueue bounds the events waiting for the recorder.
 	eventQueue = 256
 	// maxEventNoteBytes keeps a note under the events.k8s.io/v1 limit of 1 KiB.
@@ -66,25 +81,38 @@ type OwnerEvents struct {
 	Recorder  EventRecorder
 	Window    time.Duration // 0: DefaultEventWindow
 	MaxOwners int           // 0: DefaultEventMaxOwners
+	Rate      float64       // Events handed to the recorder a second; 0: DefaultEventRate
+	Burst     int           // and at once; 0: DefaultEventBurst
 	// Results counts the events by result (nil: not counted).
 	Results *prometheus.CounterVec
 	// Now is the clock; tests replace it.
 	Now func() time.Time
 
-	once  sync.Once
-	queue chan ownerEvent
+	once    sync.Once
+	queue   chan ownerEvent
+	limiter flowcontrol.RateLimiter
 
 	mu     sync.Mutex
 	recent map[eventKey]*list.Element // of lru, values *eventEntry
 	lru    list.List                  // most recently recorded first
 }
 
-type eventKey struct {
-	namespace string
-	uid       types.UID
-	kind      string
-	name      string
-	reason    string
+// eventKey is a SHA-256 of what it names (keyOf): its size does not depend on the
+// request.
+type eventKey [sha256.Size]byte
+
+// keyOf is the key of parts, each length-prefixed so that no two lists of parts share it.
+func keyOf(parts ...string) eventKey {
+	h := sha256.New()
+	var n [8]byte
+	for _, p := range parts {
+		binary.BigEndian.PutUint64(n[:], uint64(len(p)))
+		h.Write(n[:])
+		h.Write([]byte(p))
+	}
+	var k eventKey
+	h.Sum(k[:0])
+	return k
 }
 
 type eventEntry struct {
@@ -123,13 +151,25 @@ func (e *OwnerEvents) init() {
 		if e.Now == nil {
 			e.Now = time.Now
 		}
+		rate, burst := e.Rate, e.Burst
+		if rate <= 0 {
+			rate = DefaultEventRate
+		}
+		if burst <= 0 {
+			burst = DefaultEventBurst
+		}
+		e.limiter = flowcontrol.NewTokenBucketRateLimiter(float32(rate), burst)
 	})
 }
 
-// Start hands queued events to the recorder until ctx ends (a manager Runnable).
+// Start hands queued events to the recorder, at most Rate a second, until ctx ends (a
+// manager Runnable); it returns as soon as ctx ends, waiting or not.
 func (e *OwnerEvents) Start(ctx context.Context) error {
 	e.init()
 	for {
+		if e.limiter.Wait(ctx) != nil {
+			return nil // ctx ended
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -173,9 +213,13 @@ func (e *OwnerEvents) observe(body []byte, namespace, pod, generateName string, 
 		return
 	}
 	e.init()
-	if generateName != "" && !e.admit(eventKey{namespace: namespace, kind: "generateName", name: generateName, reason: reason}) {
-		e.count(EventDeduplicated)
-		return
+	var byName eventKey
+	if generateName != "" {
+		byName = keyOf(reason, namespace, "generateName", generateName)
+		if !e.admit(byName) {
+			e.count(EventDeduplicated)
+			return
+		}
 	}
 	var o podOwner
 	if err := unmarshal(body, &o); err != nil {
@@ -188,19 +232,53 @@ func (e *OwnerEvents) observe(body []byte, namespace, pod, generateName string, 
 			break
 		}
 	}
-	if ref == nil {
-		return // not created by a controller: the warnings reached whoever created it
+	if ref == nil || !possibleOwner(ref) {
+		// Not created by a controller (the warnings reached whoever created it), or by
+		// none that could exist.
+		return
 	}
-	if !e.admit(eventKey{namespace, ref.UID, ref.Kind, ref.Name, reason}) {
+	byOwner := keyOf(reason, namespace, string(ref.UID), ref.Kind, ref.Name)
+	if !e.admit(byOwner) {
 		e.count(EventDeduplicated)
 		return
 	}
-	ev := ownerEvent{ref: ref, eventType: eventType, reason: reason, action: action, note: eventNote(pod, plan, e.window())}
+	ev := ownerEvent{ref: ref, eventType: eventType, reason: reason, action: action, note: eventNote(clipAt(pod, maxOwnerNameBytes), plan, e.window())}
 	select {
 	case e.queue <- ev:
 		e.count(EventRecorded)
 	default:
 		e.count(EventDropped)
+		e.forget(byOwner, byName) // not recorded: the next pod tries again
+	}
+}
+
+// Bounds of an owner reference an object could have: an object's name is at most a DNS
+// subdomain (253), a kind a DNS label (63, as a CRD's kind is validated), an
+// apiVersion a group (a DNS subdomain) and a version (a DNS label); a UID is a UUID.
+const (
+	maxOwnerNameBytes       = 253
+	maxOwnerKindBytes       = 63
+	maxOwnerAPIVersionBytes = 253 + 1 + 63
+	maxOwnerUIDBytes        = 128
+	maxNamespaceBytes       = 63
+)
+
+// possibleOwner reports whether ref is within what the apiserver allows an object:
+// anything else names no owner, and would only cost memory while it waits.
+func possibleOwner(ref *corev1.ObjectReference) bool {
+	return ref.Name != "" && len(ref.Name) <= maxOwnerNameBytes && ref.Kind != "" && len(ref.Kind) <= maxOwnerKindBytes &&
+		len(ref.APIVersion) <= maxOwnerAPIVersionBytes && len(ref.UID) <= maxOwnerUIDBytes && len(ref.Namespace) <= maxNamespaceBytes
+}
+
+// forget removes keys (the zero key is none) from the LRU.
+func (e *OwnerEvents) forget(keys ...eventKey) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, k := range keys {
+		if el, ok := e.recent[k]; ok && k != (eventKey{}) {
+			delete(e.recent, k)
+			e.lru.Remove(el)
+		}
 	}
 }
 

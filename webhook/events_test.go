@@ -3,9 +3,13 @@ package webhook
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	goruntime "runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,7 +155,7 @@ func TestOwnerEventsMemoryAndQueueBounded(t *testing.T) {
 	e.mu.Lock()
 	remembered := len(e.recent)
 	e.mu.Unlock()
-	if remembered != 100 {
+	if remembered > 100 || remembered < 100-2 { // the owner keys of dropped events are forgotten
 		t.Errorf("%d owners remembered, want the bound 100", remembered)
 	}
 	queued, dropped := testutil.ToFloat64(e.Results.WithLabelValues(EventRecorded)), testutil.ToFloat64(e.Results.WithLabelValues(EventDropped))
@@ -186,5 +190,108 @@ func BenchmarkHandlerOwnerEvents(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// ownerBody is a pod review with one controller ownerReference, as observe reads it.
+func ownerBody(t testing.TB, name, uid string) []byte {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{"request": map[string]any{"object": map[string]any{"metadata": map[string]any{
+		"ownerReferences": []any{map[string]any{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": uid, "controller": true}},
+	}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Names from the request are bounded before they are stored: the admission chain runs
+// before the apiserver validates generateName or ownerReferences, so a pod author (or
+// anyone who reaches the port) can send megabytes in either. Neither the LRU nor the
+// queue may keep them: 64 pods with a 1 MiB generateName and a 1 MiB owner name leave
+// (almost) nothing behind, and no Event names an owner no object could be.
+func TestOwnerEventsHostileNamesBounded(t *testing.T) {
+	e := &OwnerEvents{Recorder: &fakeRecorder{}, Results: NewOwnerEventsMetric(nil)}
+	plan := &Plan{Warnings: []string{"podmeta: a warning"}}
+	const n, size = 64, 1 << 20
+	var before goruntime.MemStats
+	goruntime.GC()
+	goruntime.ReadMemStats(&before)
+	for i := range n {
+		big := strings.Repeat("x", size) + strconv.Itoa(i)
+		e.observe(ownerBody(t, big, "uid-"+strconv.Itoa(i)), "team-a", big+"*", big, plan)
+	}
+	goruntime.GC()
+	var after goruntime.MemStats
+	goruntime.ReadMemStats(&after)
+	if kept := int64(after.HeapAlloc) - int64(before.HeapAlloc); kept > 8<<20 {
+		t.Errorf("%d MiB kept after %d requests of 2 MiB of names", kept>>20, n)
+	}
+	if len(e.queue) != 0 {
+		t.Errorf("%d events queued for owners whose name is over 253 bytes", len(e.queue))
+	}
+	// A real owner still gets its Event.
+	e.observe(ownerBody(t, "web-7d9f8c6b5", "uid-web"), "team-a", "web-7d9f8c6b5-*", "web-7d9f8c6b5-", plan)
+	if len(e.queue) != 1 {
+		t.Errorf("%d events queued for a valid owner, want 1", len(e.queue))
+	}
+}
+
+// What leaves the queue is bounded too: client-go's recorder starts two goroutines per
+// Event and sends each with retries, at the client's rate, so a flood of made-up
+// owners (each one new to the LRU) must not pass through Start as fast as it comes.
+func TestOwnerEventsRateBounded(t *testing.T) {
+	rec := &fakeRecorder{}
+	e := &OwnerEvents{Recorder: rec, Results: NewOwnerEventsMetric(nil)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Start(ctx); close(done) }()
+	plan := &Plan{Warnings: []string{"podmeta: a warning"}}
+	for i := range 5000 {
+		e.observe(ownerBody(t, "rs-"+strconv.Itoa(i), "uid-"+strconv.Itoa(i)), "team-a", "pod", "rs-"+strconv.Itoa(i)+"-", plan)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got, most := len(rec.all()), DefaultEventBurst+int(DefaultEventRate)+1; got > most {
+		t.Errorf("%d events handed to the recorder within 0.3 s, want at most %d (burst %d, %v a second)", got, most, DefaultEventBurst, DefaultEventRate)
+	}
+	if dropped := testutil.ToFloat64(e.Results.WithLabelValues(EventDropped)); dropped < 5000-eventQueue-DefaultEventBurst-10 {
+		t.Errorf("dropped %v, want the flood beyond the queue", dropped)
+	}
+	// Start, waiting for its next turn, returns when its context ends: no goroutine is left.
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Start did not return after its context ended")
+	}
+}
+
+// An event dropped because the queue was full does not count as recorded: the owner's
+// next pod tries again, instead of the owner being silent for the whole window.
+func TestOwnerEventsDroppedIsNotDeduplicated(t *testing.T) {
+	rec := &fakeRecorder{}
+	e := &OwnerEvents{Recorder: rec, Results: NewOwnerEventsMetric(nil), Rate: 1e6, Burst: 1000}
+	plan := &Plan{Warnings: []string{"podmeta: a warning"}}
+	for i := range eventQueue { // no Start yet: the queue fills
+		e.observe(ownerBody(t, "rs-"+strconv.Itoa(i), "uid-"+strconv.Itoa(i)), "team-a", "pod", "rs-"+strconv.Itoa(i)+"-", plan)
+	}
+	e.observe(ownerBody(t, "web", "uid-web"), "team-a", "pod", "web-", plan) // dropped
+	if d := testutil.ToFloat64(e.Results.WithLabelValues(EventDropped)); d != 1 {
+		t.Fatalf("dropped %v, want 1", d)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go e.Start(ctx)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(e.queue) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.observe(ownerBody(t, "web", "uid-web"), "team-a", "pod", "web-", plan)
+	deadline = time.Now().Add(5 * time.Second)
+	for !slices.ContainsFunc(rec.all(), func(s string) bool { return strings.HasPrefix(s, "ReplicaSet/web ") }) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no Event for ReplicaSet web after its first one was dropped: %v", testutil.ToFloat64(e.Results.WithLabelValues(EventDeduplicated)))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
