@@ -257,6 +257,12 @@ func (v *WorkloadValidator) check(w *workload) (deny string, warnings []string) 
 	if err != nil {
 		msg := fmt.Sprintf("podmeta would deny every pod of this %s: %s", w.kind, err.Error())
 		switch owner := w.object.controller(); {
+		case pod.Spec.AutomountServiceAccountToken == nil && v.admitsWithoutToken(&pod, w):
+			// The denial needs the ambassador, which a pod gets only with a token volume:
+			// the ServiceAccount admission plugin adds none when the ServiceAccount turns
+			// automounting off, and the template cannot tell (docs/workloads.md).
+			msg = fmt.Sprintf("podmeta would deny every pod of this %s whose ServiceAccount mounts a token (the default): %s", w.kind, err.Error())
+			warnings = append(warnings, "podmeta: "+msg+" (warned, not denied: with automountServiceAccountToken: false on the ServiceAccount its pods get no ambassador and are admitted; set automountServiceAccountToken on the template to have this checked here)")
 		case v.Mode == WorkloadValidationWarn:
 			warnings = append(warnings, "podmeta: "+msg+" (--workload-validation=warn)")
 		case owner != "":
@@ -278,16 +284,53 @@ func (v *WorkloadValidator) check(w *workload) (deny string, warnings []string) 
 	_, _ = s.overlay(sourceNamespace, w.nsAnnotations) // valid: plan just succeeded
 	_, _ = s.overlay(sourcePod, pod.Metadata.Annotations)
 	if s.Inject && s.Ambassador {
+		// One warning for all of them: a template may have thousands.
+		var proxies []proxyView
 		for _, list := range [][]proxyView{extras.Spec.InitContainers, extras.Spec.Containers} {
 			for _, c := range list {
 				if c.Name != AmbassadorContainerName && runsKubectlProxy(c) {
-					warnings = append(warnings, fmt.Sprintf("podmeta: container %q runs kubectl proxy (image %s), and %s adds podmeta's API ambassador on 127.0.0.1:%d: two API proxies in one pod, and two listeners if both use port %d; remove the container, or set %s: \"false\"",
-						clip(c.Name), clip(c.Image), AnnotationAmbassador, s.AmbassadorPort, s.AmbassadorPort, AnnotationAmbassador))
+					proxies = append(proxies, c)
 				}
 			}
 		}
+		if len(proxies) > 0 {
+			warnings = append(warnings, fmt.Sprintf("podmeta: %s kubectl proxy (image %s), and %s adds podmeta's API ambassador on 127.0.0.1:%d: two API proxies in one pod, and two listeners if both use port %d; remove %s, or set %s: \"false\"",
+				namedContainers(proxies), clip(proxies[0].Image), AnnotationAmbassador, s.AmbassadorPort, s.AmbassadorPort, itThem(len(proxies)), AnnotationAmbassador))
+		}
 	}
 	return "", warnings
+}
+
+// admitsWithoutToken reports whether pod (a template whose plan failed) would be
+// admitted by the pod path when the ServiceAccount plugin adds no token volume: planned
+// as admitted, without the ambassador.
+func (v *WorkloadValidator) admitsWithoutToken(pod *podView, w *workload) bool {
+	if slices.ContainsFunc(pod.Spec.Volumes, isServiceAccountTokenVolume) {
+		return false // the template brings its own
+	}
+	_, err := v.Injector.plan(pod, w.namespace, w.nsAnnotations, true)
+	return err == nil
+}
+
+// namedContainers is `container "a" runs`, or `containers "a", "b" and 3 more run`.
+func namedContainers(cs []proxyView) string {
+	if len(cs) == 1 {
+		return fmt.Sprintf("container %q runs", clip(cs[0].Name))
+	}
+	var b strings.Builder
+	b.WriteString("containers ")
+	for i, c := range cs {
+		if i == maxNamedItems {
+			fmt.Fprintf(&b, " and %d more", len(cs)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q", clip(c.Name))
+	}
+	b.WriteString(" run")
+	return b.String()
 }
 
 // podmetaKeys lists the podmeta annotations a user sets (not the ones podmeta writes),

@@ -154,9 +154,13 @@ func TestWorkloadInvalidTemplateDenied(t *testing.T) {
 		t.Fatalf("CronJob: got allowed=%v status %+v", r.Allowed, r.Status)
 	}
 
-	// An ambassador port a container already declares: the pod's denial too.
-	r = reviewWorkload(t, v, workloadReviewJSON(t, "CREATE", "opted-in", deployment(map[string]string{AnnotationAmbassador: "true"},
-		corev1.Container{Name: "app", Image: "app:1", Ports: []corev1.ContainerPort{{ContainerPort: 8001}}}), nil))
+	// An ambassador port a container already declares, on a template that mounts a token
+	// whatever its ServiceAccount says: the pod's denial too (without
+	// automountServiceAccountToken, a warning: TestWorkloadDenialThatDependsOnTheServiceAccountIsAWarning).
+	clash := deployment(map[string]string{AnnotationAmbassador: "true"},
+		corev1.Container{Name: "app", Image: "app:1", Ports: []corev1.ContainerPort{{ContainerPort: 8001}}})
+	clash.Spec.Template.Spec.AutomountServiceAccountToken = ptrTo(true)
+	r = reviewWorkload(t, v, workloadReviewJSON(t, "CREATE", "opted-in", clash, nil))
 	if r.Allowed || !strings.Contains(r.Status.Message, `container "app" already declares port 8001`) {
 		t.Fatalf("port clash: got allowed=%v status %+v", r.Allowed, r.Status)
 	}
@@ -359,4 +363,77 @@ func FuzzWorkloadHandler(f *testing.F) {
 			t.Fatalf("a controller's ReplicaSet was denied: %s", w.Body)
 		}
 	})
+}
+
+// podPathAdmits plans d's template as the pod the apiserver would send podmeta: with a
+// ServiceAccount token volume when withToken, without one when the ServiceAccount turns
+// automounting off. It reports whether the pod path admits it.
+func podPathAdmits(t *testing.T, d *appsv1.Deployment, withToken bool) bool {
+	t.Helper()
+	pod := &corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Annotations: d.Spec.Template.Annotations},
+		Spec:       *d.Spec.Template.Spec.DeepCopy()}
+	if withToken {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: "kube-api-access-x", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}}})
+	}
+	raw, _ := json.Marshal(pod)
+	view, err := decodePod(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = testInjector(t).plan(view, "opted-in", nil, true)
+	return err == nil
+}
+
+// A denial that depends on the ServiceAccount is not the template's to get: an
+// ambassador asked for next to a container declaring its port is denied on the pod only
+// when the pod gets a token volume, which the ServiceAccount admission plugin adds
+// unless the ServiceAccount turns automounting off. Without
+// automountServiceAccountToken on the template, a deny would refuse a Deployment whose
+// pods podmeta admits (without the ambassador): only a warning. With it true, every pod
+// is denied, and so is the workload.
+func TestWorkloadDenialThatDependsOnTheServiceAccountIsAWarning(t *testing.T) {
+	ann := map[string]string{AnnotationAmbassador: "true"}
+	d := deployment(ann, corev1.Container{Name: "app", Image: "app:1", Ports: []corev1.ContainerPort{{ContainerPort: DefaultAmbassadorPort}}})
+	d.Spec.Template.Spec.ServiceAccountName = "no-automount"
+	if !podPathAdmits(t, d, false) || podPathAdmits(t, d, true) {
+		t.Fatal("premise: the pod path admits the pod without a token volume and denies it with one")
+	}
+	r := reviewWorkload(t, testValidator(t, ""), workloadReviewJSON(t, "CREATE", "opted-in", d, nil))
+	if !r.Allowed || !hasWarning(r.Warnings, "already declares port 8001") || !hasWarning(r.Warnings, "automountServiceAccountToken") {
+		t.Fatalf("no automountServiceAccountToken on the template: allowed=%v %+v warnings %q; want allowed with a warning naming the port and the ServiceAccount", r.Allowed, r.Status, r.Warnings)
+	}
+
+	d.Spec.Template.Spec.AutomountServiceAccountToken = ptrTo(true) // the plugin adds the token whatever the ServiceAccount says
+	if podPathAdmits(t, d, true) {
+		t.Fatal("premise: the pod path denies it")
+	}
+	r = reviewWorkload(t, testValidator(t, ""), workloadReviewJSON(t, "CREATE", "opted-in", d, nil))
+	if r.Allowed || !strings.Contains(r.Status.Message, "already declares port 8001") {
+		t.Fatalf("automountServiceAccountToken: true: allowed=%v %+v; want the pod's denial", r.Allowed, r.Status)
+	}
+}
+
+// Many kubectl proxies next to the ambassador are one warning naming some and counting
+// the rest, not a warning built for each (2,000 containers built 2,000 warnings before
+// the cap dropped all but 20).
+func TestWorkloadKubectlProxiesOneWarning(t *testing.T) {
+	d := deployment(map[string]string{AnnotationAmbassador: "true", AnnotationContainers: "p0"})
+	d.Spec.Template.Spec.Containers = nil
+	for i := range 2000 {
+		d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, corev1.Container{Name: fmt.Sprintf("p%d", i), Image: "luksa/kubectl-proxy"})
+	}
+	r := reviewWorkload(t, testValidator(t, ""), workloadReviewJSON(t, "CREATE", "opted-in", d, nil))
+	n := 0
+	for _, w := range r.Warnings {
+		if strings.Contains(w, "run kubectl proxy") || strings.Contains(w, "runs kubectl proxy") {
+			n++
+			if !strings.Contains(w, "and 1995 more") {
+				t.Errorf("warning %q does not count the other proxies", w)
+			}
+		}
+	}
+	if !r.Allowed || n != 1 {
+		t.Fatalf("allowed=%v, %d kubectl proxy warnings, want 1: %q", r.Allowed, n, r.Warnings)
+	}
 }
