@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -171,7 +172,11 @@ func (d *doctor) diagnose(ctx context.Context, t *target) (*report, error) {
 		r.Checks = append(r.Checks, d.recordCheck(t, ns, r)...)
 	} else {
 		r.Checks = append(r.Checks, templateChecks(t)...)
-		r.Checks = append(r.Checks, d.dryRunCheck(ctx, t, r)...)
+		dry, err := d.dryRunCheck(ctx, t, r)
+		if err != nil {
+			return nil, err
+		}
+		r.Checks = append(r.Checks, dry...)
 	}
 	r.Exit = exitCode(r.Injected, r.Checks)
 	return r, nil
@@ -205,8 +210,10 @@ func templateChecks(t *target) []check {
 
 // dryRunCheck creates the pod with dryRun=All through the real admission chain: what
 // podmeta (or the policy) does to it is the truth, not a simulation. The changes are
-// read from the returned pod: its record, and what it has that the pod sent had not.
-func (d *doctor) dryRunCheck(ctx context.Context, t *target, r *report) []check {
+// read from the returned pod: its record, and what it has that the pod sent had not. An
+// error that says nothing about the pod (the caller may not create pods, the apiserver
+// was not reached) is returned: doctor could not tell (exit 2).
+func (d *doctor) dryRunCheck(ctx context.Context, t *target, r *report) ([]check, error) {
 	d.warnings.take()
 	sent := t.pod.DeepCopy()
 	pods := d.dryRun.CoreV1().Pods(sent.Namespace)
@@ -220,17 +227,20 @@ func (d *doctor) dryRunCheck(ctx context.Context, t *target, r *report) []check 
 	}
 	r.Warnings = d.warnings.take()
 	if err != nil {
+		if !admissionRejected(err) {
+			return nil, fmt.Errorf("dry-run create of the pod: %w", err)
+		}
 		return []check{fail("dry-run", "correct what the message names (an invalid podmeta annotation names the annotation, the value and the valid choices)",
-			"the apiserver rejected the pod: %v", err)}
+			"the apiserver rejected the pod: %v", err)}, nil
 	}
 	r.Changes = podChanges(sent, got)
 	st, found, perr := readRecord(got.Annotations)
 	if perr != nil {
-		return []check{fail("dry-run", "", "the pod came back with %s podmeta cannot read: %v", webhook.AnnotationStatus, perr)}
+		return []check{fail("dry-run", "", "the pod came back with %s podmeta cannot read: %v", webhook.AnnotationStatus, perr)}, nil
 	}
 	if !found {
 		return []check{fail("dry-run", "fix the failed checks above; if none failed, the apiserver could not call podmeta (failurePolicy: Ignore admits the pod unchanged): its log says \"failed calling webhook\"",
-			"the pod was admitted without podmeta's changes")}
+			"the pod was admitted without podmeta's changes")}, nil
 	}
 	r.Record, r.Injected = &st, true
 	out := []check{ok("dry-run", "podmeta injected the pod: %s", describeRecord(st))}
@@ -238,7 +248,20 @@ func (d *doctor) dryRunCheck(ctx context.Context, t *target, r *report) []check 
 		out = append(out, warn("dry-run record", "check a manifest without podmeta's additions (podmeta uninject -f) to see what the cluster adds",
 			"the manifest came with %s (injected offline?): the record may be its own, not this admission's", webhook.AnnotationStatus))
 	}
-	return append(out, skippedChecks(st)...)
+	return append(out, skippedChecks(st)...), nil
+}
+
+// admissionRejected reports whether a dry-run's error is the apiserver's answer about the
+// pod (a denial by admission, podmeta's or another's; an invalid pod; a webhook that
+// could not be called under failurePolicy: Fail), rather than about the caller or the
+// connection: an error without an API status, or RBAC's refusal to let the caller create
+// pods ("User … cannot create resource \"pods\"", also 403).
+func admissionRejected(err error) bool {
+	var s apierrors.APIStatus
+	if !errors.As(err, &s) {
+		return false
+	}
+	return !apierrors.IsForbidden(err) || !strings.Contains(s.Status().Message, "cannot create resource")
 }
 
 // skipHints say, per skip reason (webhook.Skip*), what to do to get podmeta's addition.
@@ -334,7 +357,9 @@ func (d *doctor) recordCheck(t *target, ns *corev1.Namespace, r *report) []check
 		return []check{fail("record", "fix the failed checks above, then recreate the pod (kubectl rollout restart, or delete it): podmeta injects pods only when they are created",
 			"the pod has no %s: podmeta did not inject it", webhook.AnnotationStatus)}
 	case err != nil && webhook.IsDenied(err):
-		return []check{fail("record", "correct the annotation the message names", "the pod's podmeta annotations are invalid now: %v", err)}
+		// The record was read: the pod is injected, but a pod like it would be denied now.
+		r.Record, r.Injected = &recorded, true
+		return []check{fail("record", "correct the annotation the message names (until then, a pod like this one is denied)", "the pod's podmeta annotations are invalid now: %v", err)}
 	case err != nil:
 		return []check{fail("record", "", "%v", err)}
 	}
