@@ -175,7 +175,8 @@ func (v *WorkloadValidator) admitWorkload(ctx context.Context, body []byte, log 
 	if req.Object == nil {
 		return nil, &httpError{http.StatusBadRequest, fmt.Sprintf("a %s %s review has no request.object", req.Kind.Kind, req.Operation)}
 	}
-	*log = log.WithValues("uid", req.UID, "namespace", req.Namespace, "kind", req.Kind.Kind, "name", req.Name)
+	// Clipped: a direct caller may send megabytes in each (the kind is a known one).
+	*log = log.WithValues("uid", clip(req.UID), "namespace", clip(req.Namespace), "kind", req.Kind.Kind, "name", clip(req.Name))
 	var nsLabels, nsAnn map[string]string
 	if v.Namespaces != nil {
 		nsLabels, nsAnn = v.Namespaces(ctx, req.Namespace)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -435,5 +436,30 @@ func TestWorkloadKubectlProxiesOneWarning(t *testing.T) {
 	}
 	if !r.Allowed || n != 1 {
 		t.Fatalf("allowed=%v, %d kubectl proxy warnings, want 1: %q", r.Allowed, n, r.Warnings)
+	}
+}
+
+// What the request names is clipped before it is logged: a denial's log line does not
+// carry a megabyte name or namespace.
+func TestWorkloadLogBounded(t *testing.T) {
+	var lines []string
+	log := funcr.New(func(prefix, args string) { lines = append(lines, args) }, funcr.Options{})
+	v := testValidator(t, "")
+	big := strings.Repeat("n", 1<<20)
+	body := workloadReviewJSON(t, "CREATE", "opted-in", deployment(map[string]string{AnnotationEnv: "BOGUS"}), nil)
+	body = bytes.Replace(body, []byte(`"name":"web","namespace"`), []byte(`"name":"`+big+`","namespace"`), 1)
+	body = bytes.Replace(body, []byte(`"uid":"uid-1"`), []byte(`"uid":"`+big+`"`), 1)
+	h := &Handler{Injector: v.Injector, Log: log}
+	r := httptest.NewRequest(http.MethodPost, "/validate-workloads", bytes.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	h.Workloads(v).ServeHTTP(w, r)
+	if !strings.Contains(w.Body.String(), `"allowed":false`) || len(lines) == 0 {
+		t.Fatalf("HTTP %d %.300s; %d log lines", w.Code, w.Body, len(lines))
+	}
+	for _, l := range lines {
+		if len(l) > 4<<10 {
+			t.Errorf("log line of %d bytes: %.200s", len(l), l)
+		}
 	}
 }
