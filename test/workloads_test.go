@@ -278,3 +278,40 @@ func restartPodmeta(t *testing.T, extra ...string) {
 		}
 	})
 }
+
+// A denial that needs the ambassador depends on the ServiceAccount, which the template
+// cannot show: a Deployment asking for the ambassador next to a container declaring its
+// port, with a ServiceAccount that turns automounting off, has pods podmeta admits
+// (without the ambassador: no token volume), so the Deployment is admitted with a
+// warning, and its pod really is admitted. With automountServiceAccountToken: true on the
+// template, every pod gets a token and is denied, and so is the Deployment.
+func TestWorkloadDenialThatDependsOnTheServiceAccountWarned(t *testing.T) {
+	ns := namespace(t, nil, nil)
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "no-automount"}, AutomountServiceAccountToken: ptr(false)}
+	if _, err := cp.Clientset.CoreV1().ServiceAccounts(ns).Create(t.Context(), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ann := map[string]string{webhook.AnnotationAmbassador: "true"}
+	d := testDeployment("clash", ann, corev1.Container{Name: "app", Image: "app:1", Ports: []corev1.ContainerPort{{ContainerPort: webhook.DefaultAmbassadorPort}}})
+	d.Spec.Template.Spec.ServiceAccountName = sa.Name
+
+	// The pod its ReplicaSet would create is admitted.
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "clash-", Annotations: ann}, Spec: *d.Spec.Template.Spec.DeepCopy()}
+	if _, err := cp.Clientset.CoreV1().Pods(ns).Create(t.Context(), p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+		t.Fatalf("premise: the pod is admitted when its ServiceAccount turns automounting off: %v", err)
+	}
+	cs, rec := clientWithWarnings(t)
+	if _, err := cs.AppsV1().Deployments(ns).Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("a Deployment whose pods podmeta admits was denied: %v", err)
+	}
+	w := rec.take()
+	wantWarning(t, w, `container "app" already declares port 8001`)
+	wantWarning(t, w, "automountServiceAccountToken")
+
+	d = d.DeepCopy()
+	d.Name, d.Spec.Template.Spec.AutomountServiceAccountToken = "clash-token", ptr(true)
+	_, err := cp.Clientset.AppsV1().Deployments(ns).Create(t.Context(), d, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), `container "app" already declares port 8001`) {
+		t.Errorf("automountServiceAccountToken: true on the template: %v, want the pod's denial", err)
+	}
+}
