@@ -160,9 +160,16 @@ func (d *doctor) diagnose(ctx context.Context, t *target) (*report, error) {
 		r.Checks = append(r.Checks, warn("installation", "remove one of them, or make their namespace selectors disjoint (docs/policy.md: do not run both modes on the same namespaces)",
 			"both the webhook and policy mode are installed"))
 	}
-	for _, in := range installs {
+	per := make([][]check, len(installs))
+	for i, in := range installs {
 		r.Modes = append(r.Modes, in.mode())
-		r.Checks = append(r.Checks, in.check(ctx, d, t, ns)...)
+		per[i] = in.check(ctx, d, t, ns)
+	}
+	if len(installs) > 1 {
+		bothModes(installs, per)
+	}
+	for _, cs := range per {
+		r.Checks = append(r.Checks, cs...)
 	}
 	if r.Modes == nil {
 		r.Modes = []string{"none"}
@@ -180,6 +187,42 @@ func (d *doctor) diagnose(ctx context.Context, t *target) (*report, error) {
 	}
 	r.Exit = exitCode(r.Injected, r.Checks)
 	return r, nil
+}
+
+// selectionChecks end the names of the checks that say whether an installation selects
+// the pod (a webhook's may start with its name, a binding's with "binding").
+var selectionChecks = []string{"rules", "namespace selector", "object selector", "match conditions"}
+
+func isSelectionCheck(c check) bool {
+	return slices.ContainsFunc(selectionChecks, func(suffix string) bool { return strings.HasSuffix(c.Name, suffix) })
+}
+
+// selects reports whether none of an installation's selection checks failed.
+func selects(checks []check) bool {
+	return !slices.ContainsFunc(checks, func(c check) bool { return c.Verdict == verdictFail && isSelectionCheck(c) })
+}
+
+// bothModes names each installation's checks after its mode and, when one installation
+// selects the pod, makes another's failed selection a warning: with both modes
+// installed on disjoint namespaces (docs/policy.md), one of them not selecting the pod
+// is how it should be, not a failure.
+func bothModes(installs []installation, per [][]check) {
+	var selecting []string
+	for i, cs := range per {
+		if selects(cs) {
+			selecting = append(selecting, installs[i].mode())
+		}
+	}
+	for i, cs := range per {
+		mine := selects(cs)
+		for j := range cs {
+			if len(selecting) > 0 && !mine && cs[j].Verdict == verdictFail && isSelectionCheck(cs[j]) {
+				cs[j].Verdict = verdictWarn
+				cs[j].Fix = "none for this pod: " + strings.Join(selecting, " and ") + " mode selects it"
+			}
+			cs[j].Name = installs[i].mode() + ": " + cs[j].Name
+		}
+	}
 }
 
 // namespaceAnnotationsCheck lists the namespace's podmeta annotations: the defaults its pods

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -17,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/podmeta/podmeta/policy"
 	"github.com/podmeta/podmeta/webhook"
 )
 
@@ -135,3 +138,87 @@ func TestDoctorOddClusterObjects(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// injectedPod is doctorPod as podmeta injects it, in namespace demo.
+func injectedPod(t *testing.T) *corev1.Pod {
+	t.Helper()
+	cfg := webhook.DefaultConfig()
+	cfg.AmbassadorImage = "unknown"
+	in, err := webhook.NewInjector(cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := doctorPod(nil, nil)
+	raw, _ := json.Marshal(pod)
+	plan, err := in.PlanPod(raw, "demo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Apply(pod)
+	return pod
+}
+
+// servedWebhook is the shipped MutatingWebhookConfiguration with a working Service,
+// ready endpoint and serving certificate.
+func servedWebhook(t *testing.T) []runtime.Object {
+	t.Helper()
+	now := time.Now()
+	const host = "podmeta-webhook.podmeta-system.svc"
+	caPEM, ca, caKey := certFor(t, "ca", now.Add(-time.Hour), now.Add(365*24*time.Hour), nil, nil)
+	crt, _, _ := certFor(t, host, now.Add(-time.Hour), now.Add(90*24*time.Hour), ca, caKey)
+	wh := shippedWebhook(t)
+	wh.ClientConfig.CABundle = caPEM
+	return []runtime.Object{
+		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "podmeta"}, Webhooks: []admissionregistrationv1.MutatingWebhook{wh}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "podmeta-system", Name: "podmeta-webhook"}},
+		&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "podmeta-system", Name: "podmeta-webhook-1", Labels: map[string]string{discoveryv1.LabelServiceName: "podmeta-webhook"}},
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.0.0.1"}}}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "podmeta-system", Name: "podmeta-webhook-tls"}, Data: map[string][]byte{"tls.crt": crt}},
+	}
+}
+
+// Both modes installed on disjoint namespaces, as docs/policy.md advises: the mode that
+// does not select the pod is not a failure when the other one does. An injected pod in
+// a namespace only the webhook selects is exit 0 (it was 1: the policy's namespace
+// selector "failed"), the policy's selector says it selects other namespaces; a pod
+// that neither selects still fails.
+func TestDoctorBothModesOnDisjointNamespaces(t *testing.T) {
+	pols, err := policy.Render(webhook.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pols.Mutating.Spec.MatchConstraints.NamespaceSelector.MatchExpressions[0].Key = "policy.example/inject"
+	objs := append(servedWebhook(t), labelledNamespace("demo", nil),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "other", Labels: map[string]string{"kubernetes.io/metadata.name": "other"}}})
+	for _, o := range pols.Objects() {
+		objs = append(objs, o.(runtime.Object))
+	}
+	d, _ := fakeDoctor(objs...)
+	pod := injectedPod(t)
+	r, err := d.diagnose(context.Background(), &target{desc: "pod/p", kind: "Pod", existing: true, pod: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Exit != doctorInjected || len(r.Modes) != 2 {
+		t.Fatalf("exit %d, modes %v, checks %+v", r.Exit, r.Modes, r.Checks)
+	}
+	var sawPolicy bool
+	for _, c := range r.Checks {
+		if strings.HasPrefix(c.Name, "policy: namespace selector") {
+			sawPolicy = c.Verdict == verdictWarn && strings.Contains(c.Fix, "webhook")
+		}
+	}
+	if !sawPolicy {
+		t.Errorf("no warning naming the policy's namespace selector and the webhook that selects the pod: %+v", r.Checks)
+	}
+
+	// Selected by neither: the selectors still fail.
+	pod.Namespace = "other"
+	r, err = d.diagnose(context.Background(), &target{desc: "pod/p", kind: "Pod", existing: true, pod: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Exit != doctorNotInjected || !slices.ContainsFunc(r.Checks, func(c check) bool { return c.Name == "webhook: namespace selector" && c.Verdict == verdictFail }) {
+		t.Fatalf("selected by neither: exit %d, checks %+v", r.Exit, r.Checks)
+	}
+}
