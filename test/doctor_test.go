@@ -546,3 +546,25 @@ func TestDoctorNotInstalled(t *testing.T) {
 		t.Errorf("a missing pod: exit %d, want 2", code)
 	}
 }
+
+// Both modes installed on disjoint namespaces, as docs/policy.md advises: a pod the
+// webhook injects is exit 0, each check is named after its mode, and the policy's
+// namespace selector, which selects other namespaces, is a warning. A namespace neither
+// selects still fails.
+func TestDoctorBothModes(t *testing.T) {
+	installPolicies(t) // selects namespaces labelled policyLabel
+	ns := namespace(t, nil, nil)
+	manifest := podManifest(t, pod("web", nil))
+	r, code := doctor(t, manifest, "-n", ns, "-f", "-")
+	if code != 0 || !r.Injected || len(r.Modes) != 2 {
+		t.Fatalf("exit %d, %+v", code, r)
+	}
+	wantVerdicts(t, r, map[string]string{"installation": "warn", "webhook: namespace selector": "ok", "policy: namespace selector": "warn", "dry-run": "ok"})
+
+	neither := namespace(t, map[string]string{}, nil)
+	r, code = doctor(t, manifest, "-n", neither, "-f", "-")
+	if code != 1 || r.Injected {
+		t.Fatalf("neither mode selects the namespace: exit %d, %+v", code, r)
+	}
+	wantVerdicts(t, r, map[string]string{"webhook: namespace selector": "fail", "policy: namespace selector": "fail", "dry-run": "fail"})
+}
