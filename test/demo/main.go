@@ -24,7 +24,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -180,32 +179,24 @@ func policyMode(ctx context.Context, out io.Writer, cp *harness.ControlPlane, pm
 	if err != nil {
 		return err
 	}
-	for _, o := range pols.Objects() {
-		if err := cp.Client.Create(ctx, o); err != nil {
-			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
-		}
-	}
 	fmt.Fprintf(out, "» kubectl label namespace %s %s=enabled   (no warnings in policy mode: docs/policy.md)\n\n", ns, webhook.LabelInject)
 	if err := cp.EnsureNamespace(ctx, ns, map[string]string{webhook.LabelInject: "enabled"}, nil); err != nil {
 		return err
 	}
-	// The policies reach the apiserver's cache asynchronously: wait until both act.
 	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 	probe := func(ann map[string]string) *corev1.Pod {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe", Annotations: ann}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "c"}}}}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	return harness.CreatePolicies(ctx, cp, pols.Objects(), func(ctx context.Context) error {
 		got, err := cp.Clientset.CoreV1().Pods(ns).Create(ctx, probe(nil), dry)
-		_, denyErr := cp.Clientset.CoreV1().Pods(ns).Create(ctx, probe(map[string]string{webhook.AnnotationEnv: "NOPE"}), dry)
-		if err == nil && got.Annotations[webhook.AnnotationStatus] != "" && denyErr != nil {
-			return nil
+		if err == nil && got.Annotations[webhook.AnnotationStatus] == "" {
+			return errors.New("the MutatingAdmissionPolicy does not inject yet")
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the policies do not act after 30s (%v)", err)
+		if _, denyErr := cp.Clientset.CoreV1().Pods(ns).Create(ctx, probe(map[string]string{webhook.AnnotationEnv: "NOPE"}), dry); err == nil && denyErr == nil {
+			return errors.New("the ValidatingAdmissionPolicy does not deny yet")
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // workloadAndDoctor shows what users meet outside the happy path: a Deployment with a

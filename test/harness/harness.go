@@ -154,6 +154,26 @@ func (cp *ControlPlane) Apply(ctx context.Context, path string) error {
 	}
 }
 
+// CreatePolicies creates admission policies and their bindings, then waits until acts
+// (typically a dry-run create of a probe pod) returns nil: the apiserver reads policies
+// into its cache asynchronously, so a pod created right after them may not see them.
+func CreatePolicies[O client.Object](ctx context.Context, cp *ControlPlane, objs []O, acts func(ctx context.Context) error) error {
+	for _, o := range objs {
+		if err := cp.Client.Create(ctx, o); err != nil {
+			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		err := acts(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the policies do not act after 30s: %w", err)
+		}
+	}
+}
+
 // EnsureNamespace creates a namespace with its "default" ServiceAccount (there is no
 // controller-manager to create it, and pods cannot be admitted without it).
 func (cp *ControlPlane) EnsureNamespace(ctx context.Context, name string, labels, annotations map[string]string) error {

@@ -843,27 +843,25 @@ func installPolicyMode(ctx context.Context, cp *harness.ControlPlane) error {
 	for _, m := range []*admissionregistrationv1.MatchResources{pols.Mutating.Spec.MatchConstraints, pols.Validating.Spec.MatchConstraints} {
 		m.NamespaceSelector.MatchExpressions[0].Key = benchPolicyLabel
 	}
-	for _, o := range pols.Objects() {
-		if err := cp.Client.Create(ctx, o); err != nil {
-			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
-		}
-	}
 	const probeNS = "policy-probe"
 	if err := cp.EnsureNamespace(ctx, probeNS, map[string]string{benchPolicyLabel: "enabled"}, nil); err != nil {
 		return err
 	}
-	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}}}
-		got, err := cp.Clientset.CoreV1().Pods(probeNS).Create(ctx, p, dry)
-		if err == nil && got.Annotations[webhook.AnnotationStatus] != "" {
-			return nil
+	return harness.CreatePolicies(ctx, cp, pols.Objects(), func(ctx context.Context) error {
+		got, err := cp.Clientset.CoreV1().Pods(probeNS).Create(ctx, probePod(), dryRun)
+		if err == nil && got.Annotations[webhook.AnnotationStatus] == "" {
+			err = errors.New("the probe pod is not injected")
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the policies do not act after 30s (%v)", err)
-		}
-	}
+		return err
+	})
 }
+
+// probePod is the pod created, as a dry run, to see whether policies act yet.
+func probePod() *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}}}
+}
+
+var dryRun = metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 
 // installBareMAP creates the floor of policy mode: a MutatingAdmissionPolicy that adds one
 // env var to a pod's first container, for namespaces labelled benchBareLabel, and waits
@@ -889,26 +887,17 @@ func installBareMAP(ctx context.Context, cp *harness.ControlPlane) error {
 		},
 	}
 	mb := &admissionregistrationv1.MutatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: benchBareName}, Spec: admissionregistrationv1.MutatingAdmissionPolicyBindingSpec{PolicyName: benchBareName}}
-	for _, o := range []policy.Object{mp, mb} {
-		if err := cp.Client.Create(ctx, o); err != nil {
-			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
-		}
-	}
 	const probeNS = "bare-probe"
 	if err := cp.EnsureNamespace(ctx, probeNS, map[string]string{benchBareLabel: "enabled"}, nil); err != nil {
 		return err
 	}
-	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}}}
-		got, err := cp.Clientset.CoreV1().Pods(probeNS).Create(ctx, p, dry)
-		if err == nil && len(got.Spec.Containers[0].Env) == 1 {
-			return nil
+	return harness.CreatePolicies(ctx, cp, []policy.Object{mp, mb}, func(ctx context.Context) error {
+		got, err := cp.Clientset.CoreV1().Pods(probeNS).Create(ctx, probePod(), dryRun)
+		if err == nil && len(got.Spec.Containers[0].Env) != 1 {
+			err = errors.New("the one-env-var policy does not act yet")
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the one-env-var policy does not act after 30s (%v)", err)
-		}
-	}
+		return err
+	})
 }
 
 // apiserverProcess is the pid of cp's kube-apiserver: the one whose certificate
