@@ -26,6 +26,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
@@ -567,4 +568,37 @@ func TestDoctorBothModes(t *testing.T) {
 		t.Fatalf("neither mode selects the namespace: exit %d, %+v", code, r)
 	}
 	wantVerdicts(t, r, map[string]string{"webhook: namespace selector": "fail", "policy: namespace selector": "fail", "dry-run": "fail"})
+}
+
+// A user who may read everything doctor reads but not create pods gets no verdict on
+// injection from the dry-run: exit 2, saying why, not 1 ("not injected"). What the
+// apiserver's RBAC answers is what doctor tells apart from an admission denial.
+func TestDoctorCannotCreatePods(t *testing.T) {
+	ns := namespace(t, nil, nil)
+	const user, group = "doctor-viewer", "doctor-viewers"
+	ctx := t.Context()
+	rbac := cp.Clientset.RbacV1()
+	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: group}, Rules: []rbacv1.PolicyRule{{APIGroups: []string{"*"}, Resources: []string{"*"}, Verbs: []string{"get", "list"}}}}
+	crb := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: group}, RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: group},
+		Subjects: []rbacv1.Subject{{Kind: "Group", APIGroup: "rbac.authorization.k8s.io", Name: group}}}
+	if _, err := rbac.ClusterRoles().Create(ctx, cr, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	_, kubeconfig, err := cp.UserConfig(user, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setUpDoctor(t)
+	cmd := exec.CommandContext(ctx, binary, "doctor", "-o", "json", "--kubeconfig", kubeconfig, "--cert-secret", doctorSecret, "-n", ns, "-f", "-")
+	cmd.Stdin = strings.NewReader(podManifest(t, pod("web", nil)))
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(errOut.String(), `cannot create resource "pods"`) {
+		t.Fatalf("%v, stderr %q: want exit 2 naming the missing permission", err, errOut.String())
+	}
 }
