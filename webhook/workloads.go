@@ -50,7 +50,7 @@ type NamespaceMetadata func(ctx context.Context, namespace string) (labels, anno
 type WorkloadValidator struct {
 	Injector   *Injector
 	Mode       string            // a WorkloadValidation* mode; "" is deny
-	Namespaces NamespaceMetadata // nil: every namespace is unknown (not opted in)
+	Namespaces NamespaceMetadata // nil: every namespace is unknown (templates are not checked)
 	Metrics    *WorkloadMetrics  // nil: not counted
 }
 
@@ -242,7 +242,13 @@ func (v *WorkloadValidator) check(w *workload) (deny string, warnings []string) 
 		return "", warnings
 	}
 
-	// 2. A namespace not opted in: no pod of it reaches podmeta.
+	// 2. A namespace not opted in: no pod of it reaches podmeta. Every namespace carries
+	// kubernetes.io/metadata.name: none at all is one the cache does not know (yet, or
+	// its wait was over --max-namespace-waits), which is neither opted in nor out.
+	if w.nsLabels == nil {
+		return "", append(warnings, fmt.Sprintf("podmeta: namespace %s is not in podmeta's cache yet, so this %s's pod template was not checked; its pods are checked when they are created",
+			clip(w.namespace), w.kind))
+	}
 	if w.nsLabels[LabelInject] != "enabled" {
 		return "", append(warnings, fmt.Sprintf("podmeta: namespace %s is not opted in, so podmeta ignores the podmeta.io/ annotations of this %s's pods and injects nothing; to inject them, label the namespace: kubectl label namespace %s %s=enabled",
 			w.namespace, w.kind, w.namespace, LabelInject))

@@ -463,3 +463,16 @@ func TestWorkloadLogBounded(t *testing.T) {
 		}
 	}
 }
+
+// A namespace podmeta's cache does not know (yet, or the wait for it was over its
+// bound) is not "not opted in": every namespace carries kubernetes.io/metadata.name, so
+// no labels at all means unknown. The template is not judged: no denial, and a warning
+// that says so instead of telling the user to add a label the namespace may have.
+func TestWorkloadNamespaceUnknown(t *testing.T) {
+	v := testValidator(t, "")
+	v.Namespaces = func(context.Context, string) (map[string]string, map[string]string) { return nil, nil }
+	r := reviewWorkload(t, v, workloadReviewJSON(t, "CREATE", "just-created", deployment(map[string]string{AnnotationEnv: "bogus"}), nil))
+	if !r.Allowed || hasWarning(r.Warnings, "kubectl label namespace") || !hasWarning(r.Warnings, "namespace just-created is not in podmeta's cache") {
+		t.Fatalf("got allowed=%v warnings %q", r.Allowed, r.Warnings)
+	}
+}
