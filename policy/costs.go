@@ -56,8 +56,8 @@ func RuntimeCosts(p *Policies, pod *corev1.Pod, ns *corev1.Namespace) ([]Cost, e
 		conds = append(conds, expression{"matchConditions." + c.Name, c.Expression, celgo.BoolType, false})
 	}
 	jp := &patch.JSONPatchCondition{Expression: m.Spec.Mutations[0].JSONPatch.Expression}
-	mut := append(conds, expression{"mutations[0]", jp.Expression, jp.ReturnTypes()[0], true})
-	out, err := runtimeCosts(m.Name, m.Spec.Variables, mut, pod, ns)
+	conds = append(conds, expression{"mutations[0]", jp.Expression, jp.ReturnTypes()[0], true})
+	out, err := runtimeCosts(m.Name, m.Spec.Variables, conds, pod, ns)
 	if err != nil {
 		return nil, err
 	}
@@ -65,10 +65,10 @@ func RuntimeCosts(p *Policies, pod *corev1.Pod, ns *corev1.Namespace) ([]Cost, e
 	for _, c := range v.Spec.MatchConditions {
 		conds = append(conds, expression{"matchConditions." + c.Name, c.Expression, celgo.BoolType, false})
 	}
-	val := append(conds,
+	conds = append(conds,
 		expression{"validations[0]", v.Spec.Validations[0].Expression, celgo.BoolType, false},
 		expression{"validations[0].messageExpression", v.Spec.Validations[0].MessageExpression, celgo.StringType, false})
-	vc, err := runtimeCosts(v.Name, v.Spec.Variables, val, pod, ns)
+	vc, err := runtimeCosts(v.Name, v.Spec.Variables, conds, pod, ns)
 	return append(out, vc...), err
 }
 

@@ -3,7 +3,6 @@ package policy
 import (
 	"encoding/json"
 	"flag"
-	"github.com/podmeta/podmeta/internal/golden"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podmeta/podmeta/internal/golden"
 	"github.com/podmeta/podmeta/webhook"
 )
 

@@ -3,6 +3,7 @@ package webhook
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -359,10 +360,14 @@ func TestPatchWriterStopsAtBound(t *testing.T) {
 			if !IsDenied(werr) || !IsDenied(perr) || out.Len() > cfg.MaxPatchBytes+8<<10 {
 				t.Errorf("over the bound: %s", what)
 			}
+			var tooLarge *PatchTooLargeError
+			if !errors.As(perr, &tooLarge) {
+				t.Fatalf("denial %v is not a *PatchTooLargeError", perr)
+			}
 			want := fmt.Sprintf("pod ns/p: the JSON patch podmeta would add is at least %d bytes, above the bound of 65536 bytes (--max-patch-bytes), "+
 				"which keeps the stored pod under etcd's 1.5 MiB request limit; the likely cause is too many containers (the pod has %d) or env vars to inject into: "+
 				`name fewer containers in podmeta.io/containers, turn features off (podmeta.io/env: none, podmeta.io/volume: "false"), or opt the pod out with podmeta.io/inject: "false"`,
-				perr.(*DenyError).Err.(*PatchTooLargeError).AtLeast, n)
+				tooLarge.AtLeast, n)
 			if perr.Error() != want {
 				t.Errorf("denial\n%s\nwant\n%s", perr, want)
 			}

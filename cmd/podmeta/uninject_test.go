@@ -3,13 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/podmeta/podmeta/internal/golden"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/podmeta/podmeta/internal/golden"
 	"github.com/podmeta/podmeta/webhook"
 )
 

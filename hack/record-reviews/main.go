@@ -65,7 +65,7 @@ func run(ctx context.Context, out io.Writer) error {
 	}
 	sources, err := filepath.Glob(filepath.Join(*from, "*.json"))
 	if err != nil || len(sources) == 0 {
-		return fmt.Errorf("no reviews in %s (%v)", *from, err)
+		return fmt.Errorf("no reviews in %s (%w)", *from, err)
 	}
 	if err := os.MkdirAll(*dest, 0o755); err != nil {
 		return err
@@ -75,12 +75,12 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer cp.Stop()
+	defer func() { _ = cp.Stop() }()
 	rec, err := startRecorder(cp)
 	if err != nil {
 		return err
 	}
-	defer rec.server.Close()
+	defer func() { _ = rec.server.Close() }()
 	if err := cp.EnsureNamespace(ctx, namespace, map[string]string{"podmeta.io/inject": "enabled"}, nil); err != nil {
 		return err
 	}
@@ -143,7 +143,7 @@ func podOf(path string) (*unstructured.Unstructured, rest.ImpersonationConfig, s
 		err = json.Unmarshal(data, &review)
 	}
 	if err != nil || review.Request.Object == nil {
-		return nil, rest.ImpersonationConfig{}, "", fmt.Errorf("not an AdmissionReview with an object: %v", err)
+		return nil, rest.ImpersonationConfig{}, "", fmt.Errorf("not an AdmissionReview with an object: %w", err)
 	}
 	pod := &unstructured.Unstructured{Object: review.Request.Object}
 	mf := pod.GetManagedFields()
@@ -151,7 +151,7 @@ func podOf(path string) (*unstructured.Unstructured, rest.ImpersonationConfig, s
 		return nil, rest.ImpersonationConfig{}, "", errors.New("want exactly one managedFields entry: it says which fields the creator sent")
 	}
 	var sent map[string]any
-	if err := json.Unmarshal(mf[0].FieldsV1.Raw, &sent); err != nil {
+	if err := json.Unmarshal(mf[0].FieldsV1.GetRawBytes(), &sent); err != nil {
 		return nil, rest.ImpersonationConfig{}, "", fmt.Errorf("managedFields: %w", err)
 	}
 	// What the creator sent, without the defaults and the admission plugins' additions

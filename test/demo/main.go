@@ -242,7 +242,7 @@ func workloadAndDoctor(ctx context.Context, out io.Writer, cp *harness.ControlPl
 		fmt.Fprint(out, "   ", line)
 	}
 	if code := doctor.ProcessState.ExitCode(); code != 1 {
-		return fmt.Errorf("podmeta doctor on an un-injected pod: exit status %d, want 1 (%v)", code, err)
+		return fmt.Errorf("podmeta doctor on an un-injected pod: exit status %d, want 1 (%w)", code, err)
 	}
 	fmt.Fprintln(out)
 	return nil
