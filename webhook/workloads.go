@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Workload validation (docs/workloads.md): a validating webhook on the same server
@@ -52,6 +53,10 @@ type WorkloadValidator struct {
 	Mode       string            // a WorkloadValidation* mode; "" is deny
 	Namespaces NamespaceMetadata // nil: every namespace is unknown (templates are not checked)
 	Metrics    *WorkloadMetrics  // nil: not counted
+	// PodSelector is what the MutatingWebhookConfiguration's objectSelector asks of a
+	// pod's labels beyond the opt-out label (the chart's webhook.objectSelectorExpressions):
+	// a template it does not select has pods podmeta never sees. nil: every template.
+	PodSelector labels.Selector
 }
 
 // Workloads returns the HTTP handler of workload validation: v's decisions, behind h's
@@ -240,6 +245,10 @@ func (v *WorkloadValidator) check(w *workload) (deny string, warnings []string) 
 	// matchConditions): its pods never reach podmeta, so nothing more applies.
 	if extras.Metadata.Labels[LabelInject] == "disabled" || norm(pod.Metadata.Annotations[AnnotationInject]) == "false" {
 		return "", warnings
+	}
+	if v.PodSelector != nil && !v.PodSelector.Matches(labels.Set(extras.Metadata.Labels)) {
+		return "", append(warnings, fmt.Sprintf("podmeta: the labels of %s.metadata do not match podmeta's objectSelector (%s), so podmeta never sees this %s's pods and ignores their podmeta.io/ annotations",
+			path, clip(v.PodSelector.String()), w.kind))
 	}
 
 	// 2. A namespace not opted in: no pod of it reaches podmeta. Every namespace carries

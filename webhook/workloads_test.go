@@ -19,6 +19,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
@@ -474,5 +475,27 @@ func TestWorkloadNamespaceUnknown(t *testing.T) {
 	r := reviewWorkload(t, v, workloadReviewJSON(t, "CREATE", "just-created", deployment(map[string]string{AnnotationEnv: "bogus"}), nil))
 	if !r.Allowed || hasWarning(r.Warnings, "kubectl label namespace") || !hasWarning(r.Warnings, "namespace just-created is not in podmeta's cache") {
 		t.Fatalf("got allowed=%v warnings %q", r.Allowed, r.Warnings)
+	}
+}
+
+// A template the MutatingWebhookConfiguration's objectSelector does not select (the
+// chart's webhook.objectSelectorExpressions) has pods podmeta never sees: it is not
+// denied, and the warning names the selector.
+func TestWorkloadPodSelector(t *testing.T) {
+	sel, err := labels.Parse("tier in (web)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := testValidator(t, "")
+	v.PodSelector = sel
+	d := deployment(map[string]string{AnnotationEnv: "bogus"})
+	d.Spec.Template.Labels = map[string]string{"tier": "db"}
+	r := reviewWorkload(t, v, workloadReviewJSON(t, "CREATE", "opted-in", d, nil))
+	if !r.Allowed || !hasWarning(r.Warnings, "tier in (web)") {
+		t.Fatalf("not selected: allowed=%v %+v warnings %q", r.Allowed, r.Status, r.Warnings)
+	}
+	d.Spec.Template.Labels["tier"] = "web"
+	if r := reviewWorkload(t, v, workloadReviewJSON(t, "CREATE", "opted-in", d, nil)); r.Allowed {
+		t.Fatalf("selected: allowed, warnings %q", r.Warnings)
 	}
 }
