@@ -602,3 +602,14 @@ func TestDoctorCannotCreatePods(t *testing.T) {
 		t.Fatalf("%v, stderr %q: want exit 2 naming the missing permission", err, errOut.String())
 	}
 }
+
+// A namespace that does not exist: doctor cannot tell (exit 2), for a manifest and for a
+// pod alike.
+func TestDoctorNamespaceMissing(t *testing.T) {
+	if _, code := doctor(t, podManifest(t, pod("web", nil)), "-n", "no-such-namespace", "-f", "-"); code != 2 {
+		t.Errorf("manifest: exit %d, want 2", code)
+	}
+	if _, code := doctor(t, "", "-n", "no-such-namespace", "web"); code != 2 {
+		t.Errorf("pod: exit %d, want 2", code)
+	}
+}
