@@ -165,8 +165,8 @@ func (s *Status) recordCreated(additions []addition) {
 				s.createdIn(a.ref.c.Name, createdMounts)
 			}
 		case storageAddition:
-			switch r := a.ref.c.Resources; {
-			case r == nil:
+			switch r := a.ref.c.Resources; r {
+			case nil:
 				s.createdIn(a.ref.c.Name, createdResources)
 			default:
 				if a.request != nil && r.Requests == nil {

@@ -294,13 +294,13 @@ func (d *doctor) targetFromCluster(ctx context.Context, ns, arg string) (*target
 // targetFromManifest reads the one Pod or workload of a manifest (other objects, such
 // as its Namespace, are passed over).
 func targetFromManifest(path string, stdin io.Reader) (*target, error) {
-	var r io.Reader = stdin
+	r := stdin
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, err
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }() // read only
 		r = f
 	}
 	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)

@@ -252,7 +252,7 @@ func podmetaFlags(args []string, fs *flag.FlagSet) {
 			continue
 		}
 		one := []string{args[i]}
-		if b, isBool := f.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(isBool && b.IsBoolFlag()) && i+1 < len(args) {
+		if b, isBool := f.Value.(interface{ IsBoolFlag() bool }); !hasValue && (!isBool || !b.IsBoolFlag()) && i+1 < len(args) {
 			one = append(one, args[i+1])
 			i++
 		}
