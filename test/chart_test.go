@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
@@ -287,7 +289,10 @@ func TestChartWebhookMatchesConfig(t *testing.T) {
 	t.Run("other namespace with extra terms", func(t *testing.T) {
 		_, objs := render(t, "hooks", "infra", "webhook.excludedNamespaces={ci,legacy}",
 			"webhook.namespaceSelectorExpressions[0].key=team", "webhook.namespaceSelectorExpressions[0].operator=Exists",
-			"webhook.objectSelectorExpressions[0].key=tier", "webhook.objectSelectorExpressions[0].operator=DoesNotExist")
+			"webhook.objectSelectorExpressions[0].key=tier", "webhook.objectSelectorExpressions[0].operator=DoesNotExist",
+			"webhook.objectSelectorExpressions[1].key=team", "webhook.objectSelectorExpressions[1].operator=In", "webhook.objectSelectorExpressions[1].values={a,b}",
+			"webhook.objectSelectorExpressions[2].key=legacy", "webhook.objectSelectorExpressions[2].operator=NotIn", "webhook.objectSelectorExpressions[2].values={yes}",
+			"webhook.objectSelectorExpressions[3].key=app", "webhook.objectSelectorExpressions[3].operator=Exists")
 		var got admissionregistrationv1.MutatingWebhookConfiguration
 		find(t, objs, "MutatingWebhookConfiguration", "hooks-podmeta", &got)
 		wh := got.Webhooks[0]
@@ -295,8 +300,28 @@ func TestChartWebhookMatchesConfig(t *testing.T) {
 		if want := []string{"kube-system", "kube-public", "kube-node-lease", "infra", "ci", "legacy"}; !slices.Equal(ns[1].Values, want) {
 			t.Errorf("excluded namespaces %v, want %v", ns[1].Values, want)
 		}
-		if len(ns) != 3 || ns[2].Key != "team" || len(wh.ObjectSelector.MatchExpressions) != 2 {
+		if len(ns) != 3 || ns[2].Key != "team" || len(wh.ObjectSelector.MatchExpressions) != 5 {
 			t.Fatalf("extra selector terms missing: %+v %+v", wh.NamespaceSelector, wh.ObjectSelector)
+		}
+		// Workload validation sees only what the pods' webhook could serve: the same
+		// extra namespace terms, and the extra object terms as --workload-pod-selector.
+		var vwc admissionregistrationv1.ValidatingWebhookConfiguration
+		find(t, objs, "ValidatingWebhookConfiguration", "hooks-podmeta-workloads", &vwc)
+		if got := vwc.Webhooks[0].NamespaceSelector.MatchExpressions; len(got) != 2 || !reflect.DeepEqual(got[1], ns[2]) {
+			t.Errorf("workload webhook's namespace selector %+v lacks the extra term %+v", got, ns[2])
+		}
+		extra, err := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchExpressions: wh.ObjectSelector.MatchExpressions[1:]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var podSelector string
+		for _, arg := range containerArgs(t, objs) {
+			if v, ok := strings.CutPrefix(arg, "--workload-pod-selector="); ok {
+				podSelector = v
+			}
+		}
+		if parsed, err := labels.Parse(podSelector); err != nil || parsed.String() != extra.String() {
+			t.Errorf("--workload-pod-selector=%q (%v), want the objectSelector's extra terms %q", podSelector, err, extra)
 		}
 		// Undo exactly what the values changed; the rest must be config's.
 		ns[1].Values = want.Webhooks[0].NamespaceSelector.MatchExpressions[1].Values

@@ -482,7 +482,7 @@ func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Lo
 	if name == "" {
 		name = pod.Metadata.GenerateName + "*"
 	}
-	*log = log.WithValues("uid", req.UID, "namespace", req.Namespace, "pod", name)
+	*log = log.WithValues("uid", clip(req.UID), "namespace", clip(req.Namespace), "pod", clip(name))
 
 	var nsAnn map[string]string
 	if h.Namespaces != nil {

@@ -22,6 +22,14 @@ func TestServerFlagDefaults(t *testing.T) {
 	if o.bodyReadTimeout != webhook.DefaultReadTimeout || o.bodyReadTimeout > 5*time.Second {
 		t.Errorf("--body-read-timeout %s", o.bodyReadTimeout)
 	}
+	for _, args := range [][]string{{"--workload-pod-selector=tier,team in (a,b),!legacy"}} {
+		o := defaultServerOptions()
+		fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+		o.addFlags(fs)
+		if err := fs.Parse(args); err != nil || o.validate() != nil {
+			t.Errorf("%v refused: %v %v", args, err, o.validate())
+		}
+	}
 	for _, args := range [][]string{
 		{"--body-budget-bytes=1000", "--max-request-bytes=2000"},
 		{"--body-read-timeout=0"},
@@ -29,6 +37,7 @@ func TestServerFlagDefaults(t *testing.T) {
 		{"--max-namespace-waits=-1"},
 		{"--workload-validation=block"},
 		{"--owner-event-window=-1s"},
+		{"--workload-pod-selector=tier in (a"},
 	} {
 		o := defaultServerOptions()
 		fs := flag.NewFlagSet("webhook", flag.ContinueOnError)

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilversion "k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/discovery"
@@ -62,6 +63,7 @@ type serverOptions struct {
 	gracefulShutdown time.Duration
 	shutdownDelay    time.Duration
 	workloads        string
+	workloadPods     string
 	ownerEventWindow time.Duration
 	zap              zap.Options
 	cfg              webhook.Config
@@ -114,6 +116,7 @@ func (o *serverOptions) addFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.gracefulShutdown, "graceful-shutdown-timeout", o.gracefulShutdown, "how long in-flight requests may finish once the server stops")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", o.shutdownDelay, "after SIGTERM, keep serving this long, not ready and closing each connection after its response, so the apiserver moves to other replicas before this one stops")
 	fs.StringVar(&o.workloads, "workload-validation", o.workloads, "what "+WorkloadsPath+" does with a workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) whose pods podmeta would deny: deny (on CREATE and on an UPDATE that changes the template's podmeta annotations; a warning otherwise, and for objects a controller created), warn, or off (docs/workloads.md)")
+	fs.StringVar(&o.workloadPods, "workload-pod-selector", o.workloadPods, "a label selector (kubectl's -l syntax) for the terms the webhook configuration's objectSelector has beyond the opt-out label, such as the chart's webhook.objectSelectorExpressions: a workload whose template labels it does not select has pods podmeta never sees, so it is not checked (default: every template)")
 	fs.DurationVar(&o.ownerEventWindow, "owner-event-window", o.ownerEventWindow, "record an Event on the owner (ReplicaSet, Job, …) of a pod injected with warnings or skipped, at most one per owner and reason per this window (0: no Events)")
 	o.zap.BindFlags(fs)
 	o.cfg.AddFlags(fs)
@@ -242,11 +245,16 @@ func runWebhook(ctx context.Context, args []string, s streams) error {
 	// GetWebhookServer also adds the server to the manager.
 	mgr.GetWebhookServer().Register(MutatePath, handler)
 	// Workload reviews share the pod path's body bounds, budget and in-flight slots.
+	var workloadPods labels.Selector // nil: every template
+	if o.workloadPods != "" {
+		workloadPods, _ = labels.Parse(o.workloadPods) // validated with the other flags
+	}
 	mgr.GetWebhookServer().Register(WorkloadsPath, handler.Workloads(&webhook.WorkloadValidator{
-		Injector:   injector,
-		Mode:       o.workloads,
-		Namespaces: namespaces.Metadata,
-		Metrics:    webhook.NewWorkloadMetrics(crmetrics.Registry),
+		Injector:    injector,
+		Mode:        o.workloads,
+		Namespaces:  namespaces.Metadata,
+		Metrics:     webhook.NewWorkloadMetrics(crmetrics.Registry),
+		PodSelector: workloadPods,
 	}))
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
@@ -321,6 +329,9 @@ func (o *serverOptions) validate() error {
 	}
 	if !slices.Contains(webhook.WorkloadValidationModes, o.workloads) {
 		errs = append(errs, fmt.Errorf("--workload-validation=%q: valid values are %s", o.workloads, strings.Join(webhook.WorkloadValidationModes, ", ")))
+	}
+	if _, err := labels.Parse(o.workloadPods); err != nil {
+		errs = append(errs, fmt.Errorf("--workload-pod-selector=%q: %w; want a label selector such as tier,team in (a,b),!legacy", o.workloadPods, err))
 	}
 	if o.ownerEventWindow < 0 {
 		errs = append(errs, fmt.Errorf("--owner-event-window=%s: must not be negative (0: no Events)", o.ownerEventWindow))

@@ -145,3 +145,18 @@ resources, inside a JSON string): keys sorted, each value in dyn().
 {{- define "podmeta.workloadsWebhookConfigName" -}}
 {{- include "podmeta.webhookConfigName" . }}-workloads
 {{- end }}
+
+{{/* webhook.objectSelectorExpressions as a label selector (kubectl's -l syntax), for
+--workload-pod-selector: workload validation checks only templates whose pods the
+MutatingWebhookConfiguration's objectSelector would send to podmeta. */}}
+{{- define "podmeta.workloadPodSelector" -}}
+{{- $terms := list }}
+{{- range .Values.webhook.objectSelectorExpressions }}
+{{- if eq .operator "In" }}{{ $terms = append $terms (printf "%s in (%s)" .key (join "," .values)) }}
+{{- else if eq .operator "NotIn" }}{{ $terms = append $terms (printf "%s notin (%s)" .key (join "," .values)) }}
+{{- else if eq .operator "Exists" }}{{ $terms = append $terms .key }}
+{{- else if eq .operator "DoesNotExist" }}{{ $terms = append $terms (printf "!%s" .key) }}
+{{- end }}
+{{- end }}
+{{- join "," $terms }}
+{{- end }}
