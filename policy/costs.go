@@ -99,7 +99,7 @@ func runtimeCosts(policy string, vars []admissionregistrationv1.Variable, exprs 
 		}
 		val, details, err := res.Program.ContextEval(context.Background(), act)
 		if details == nil || details.ActualCost() == nil {
-			return nil, fmt.Errorf("%s %s: no cost: %v", policy, e.name, err)
+			return nil, fmt.Errorf("%s %s: no cost: %w", policy, e.name, err)
 		}
 		out = append(out, Cost{Policy: policy, Expression: e.name, Cost: int64(*details.ActualCost())})
 		if err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/podmeta/podmeta/internal/golden"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -19,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podmeta/podmeta/internal/golden"
 	"github.com/podmeta/podmeta/policy"
 	"github.com/podmeta/podmeta/test/harness"
 	"github.com/podmeta/podmeta/webhook"

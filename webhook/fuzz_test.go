@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"encoding/json"
-	"github.com/podmeta/podmeta/internal/golden"
 	"os"
 	"slices"
 	"strings"
@@ -10,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	sigsjson "sigs.k8s.io/json"
+
+	"github.com/podmeta/podmeta/internal/golden"
 )
 
 // fuzzKeys are the annotation keys the fuzzer sets, by index.

@@ -3,7 +3,6 @@ package webhook
 import (
 	"bytes"
 	"flag"
-	"github.com/podmeta/podmeta/internal/golden"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"sigs.k8s.io/yaml"
+
+	"github.com/podmeta/podmeta/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml from the current engine")
