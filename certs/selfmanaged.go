@@ -198,14 +198,11 @@ func (s *SelfManaged) writeSecret(ctx context.Context, old *corev1.Secret, m *Ma
 // syncBundle makes every webhook's caBundle exactly m's CAs. whc is updated in place.
 func (s *SelfManaged) syncBundle(ctx context.Context, whc *admissionregistrationv1.MutatingWebhookConfiguration, m *Material) error {
 	want := m.Bundle()
-	changed := false
+	configs := make([]*admissionregistrationv1.WebhookClientConfig, len(whc.Webhooks))
 	for i := range whc.Webhooks {
-		if !sameCerts(whc.Webhooks[i].ClientConfig.CABundle, want) {
-			whc.Webhooks[i].ClientConfig.CABundle = want
-			changed = true
-		}
+		configs[i] = &whc.Webhooks[i].ClientConfig
 	}
-	if !changed {
+	if !setBundle(want, configs) {
 		return nil
 	}
 	updated, err := s.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, whc, metav1.UpdateOptions{})
@@ -252,17 +249,27 @@ func (s *SelfManaged) validatingProblem(err error) {
 	}
 }
 
-// syncValidatingBundle makes every workload webhook's caBundle exactly m's CAs.
-func (s *SelfManaged) syncValidatingBundle(ctx context.Context, vwc *admissionregistrationv1.ValidatingWebhookConfiguration, m *Material) error {
-	want := m.Bundle()
+// setBundle sets every clientConfig's caBundle to want where it does not hold the same
+// certificates already, and says whether it changed any.
+func setBundle(want []byte, configs []*admissionregistrationv1.WebhookClientConfig) bool {
 	changed := false
-	for i := range vwc.Webhooks {
-		if !sameCerts(vwc.Webhooks[i].ClientConfig.CABundle, want) {
-			vwc.Webhooks[i].ClientConfig.CABundle = want
+	for _, c := range configs {
+		if !sameCerts(c.CABundle, want) {
+			c.CABundle = want
 			changed = true
 		}
 	}
-	if changed {
+	return changed
+}
+
+// syncValidatingBundle makes every workload webhook's caBundle exactly m's CAs.
+func (s *SelfManaged) syncValidatingBundle(ctx context.Context, vwc *admissionregistrationv1.ValidatingWebhookConfiguration, m *Material) error {
+	want := m.Bundle()
+	configs := make([]*admissionregistrationv1.WebhookClientConfig, len(vwc.Webhooks))
+	for i := range vwc.Webhooks {
+		configs[i] = &vwc.Webhooks[i].ClientConfig
+	}
+	if setBundle(want, configs) {
 		_, err := s.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Update(ctx, vwc, metav1.UpdateOptions{})
 		if apierrors.IsConflict(err) {
 			return errConflict
