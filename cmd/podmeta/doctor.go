@@ -361,7 +361,7 @@ func targetFromObject(obj map[string]any) (*target, error) {
 	meta.OwnerReferences, meta.ResourceVersion, meta.UID = nil, "", ""
 	t.pod = &corev1.Pod{ObjectMeta: meta, Spec: pt.Spec}
 	for k := range u.GetAnnotations() {
-		if strings.HasPrefix(k, "podmeta.io/") {
+		if strings.HasPrefix(k, webhook.Prefix) {
 			t.ownMeta = append(t.ownMeta, k)
 		}
 	}

@@ -230,7 +230,7 @@ func bothModes(installs []installation, per [][]check) {
 func namespaceAnnotationsCheck(ns *corev1.Namespace) check {
 	var have []string
 	for k, v := range ns.Annotations {
-		if strings.HasPrefix(k, "podmeta.io/") {
+		if strings.HasPrefix(k, webhook.Prefix) {
 			have = append(have, k+"="+v)
 		}
 	}

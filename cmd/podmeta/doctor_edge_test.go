@@ -72,21 +72,9 @@ func TestDoctorDryRunErrorsThatSayNothing(t *testing.T) {
 // namespace's) are invalid now: the verdict is "injected, but a check failed", and
 // -o json says injected: true.
 func TestDoctorRecordInjectedWhenAnnotationsInvalidNow(t *testing.T) {
-	in, err := webhook.NewInjector(func() webhook.Config { c := webhook.DefaultConfig(); c.AmbassadorImage = "unknown"; return c }(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod := doctorPod(nil, nil)
-	raw, _ := json.Marshal(pod)
-	plan, err := in.PlanPod(raw, "demo", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	injected := pod.DeepCopy()
-	plan.Apply(injected)
 	d, _ := fakeDoctor()
 	r := &report{}
-	checks := d.recordCheck(&target{pod: injected, existing: true}, labelledNamespace("demo", map[string]string{webhook.AnnotationEnv: "BOGUS"}), r)
+	checks := d.recordCheck(&target{pod: injectedPod(t), existing: true}, labelledNamespace("demo", map[string]string{webhook.AnnotationEnv: "BOGUS"}), r)
 	if !r.Injected || r.Record == nil || exitCode(r.Injected, checks) != doctorNotInjected || checks[0].Verdict != verdictFail || !strings.Contains(checks[0].Message, "invalid now") {
 		t.Fatalf("injected=%v record=%v checks %+v", r.Injected, r.Record, checks)
 	}
@@ -139,12 +127,11 @@ func TestDoctorOddClusterObjects(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// injectedPod is doctorPod as podmeta injects it, in namespace demo.
+// injectedPod is doctorPod as podmeta injects it, in namespace demo, with the injection
+// config doctor assumes when it finds no podmeta Deployment.
 func injectedPod(t *testing.T) *corev1.Pod {
 	t.Helper()
-	cfg := webhook.DefaultConfig()
-	cfg.AmbassadorImage = "unknown"
-	in, err := webhook.NewInjector(cfg, true)
+	in, err := webhook.NewInjector((&doctor{}).injectionConfig(), true)
 	if err != nil {
 		t.Fatal(err)
 	}

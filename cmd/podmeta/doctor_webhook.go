@@ -97,7 +97,7 @@ func (d *doctor) servingChecks(ctx context.Context, wh *admissionregistrationv1.
 		return append(out, warn("ca bundle", "pass --cert-secret NAMESPACE/NAME (the Secret of --cert-secret, or cert-manager's Certificate's secretName)",
 			"cannot read the serving certificate's %s: %v", where, reason(err)))
 	}
-	return append(out, certChecks(wh.ClientConfig.CABundle, sec.Data["tls.crt"], where, host, time.Now())...)
+	return append(out, certChecks(wh.ClientConfig.CABundle, sec.Data[certs.KeyCert], where, host, time.Now())...)
 }
 
 // reason is an API error's message without its wrapping.
