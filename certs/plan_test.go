@@ -365,3 +365,41 @@ func TestCertValidatingConfigOptional(t *testing.T) {
 		})
 	}
 }
+
+// A workload validation configuration podmeta may write counts like the mutating one:
+// while its caBundle lacks the new CA (here, every update of it is acknowledged but
+// lost), the new CA is not served, since the apiserver would reject podmeta's
+// certificate on /validate-workloads.
+func TestCertValidatingConfigHoldsRotation(t *testing.T) {
+	c := testConfig()
+	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.ValidatingName()}, Webhooks: []admissionregistrationv1.ValidatingWebhook{{Name: "workloads.podmeta.io"}}}
+	cs := fake.NewClientset(
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: c.Secret, Namespace: c.Namespace}},
+		&admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: c.WebhookConfigName}, Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "a.podmeta.io"}}},
+		vwc,
+	)
+	first := true
+	cs.PrependReactor("update", "validatingwebhookconfigurations", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if first { // the bootstrap CA gets in; nothing after it does
+			first = false
+			return false, nil, nil
+		}
+		return true, a.(k8stesting.UpdateAction).GetObject(), nil
+	})
+	s := NewSelfManaged(c, cs, NewExpiryGauge(nil), logr.Discard())
+	now := t0
+	s.Now = func() time.Time { return now }
+	cas := map[string]bool{}
+	for ; now.Before(t0.Add(14 * time.Second)); now = now.Add(time.Second) {
+		if err := s.Check(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		cert, _ := s.GetCertificate(nil)
+		cas[string(cert.Leaf.AuthorityKeyId)] = true
+	}
+	// TestCertValidatingConfigOptional serves the second CA by 13 s when the update
+	// persists (or is forbidden); here it must not be served at all.
+	if len(cas) != 1 {
+		t.Errorf("served certificates of %d CAs while the workload caBundle lacked the new one; want 1", len(cas))
+	}
+}

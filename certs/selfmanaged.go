@@ -124,7 +124,9 @@ func (s *SelfManaged) check(ctx context.Context) error {
 	// The workload validation's bundle counts once podmeta could write it: a
 	// configuration it may not update must not hold up a rotation (its failurePolicy
 	// is Ignore: a stale bundle skips validation, it blocks nothing).
-	hasCA := m != nil && bundlesContain(whc, m.CA) && (vwc == nil || !s.validatingOK || validatingBundlesContain(vwc, m.CA))
+	mutating, validating := mutatingClientConfigs(whc), validatingClientConfigs(vwc)
+	hasCA := m != nil && bundlesContain(mutating, m.CA) &&
+		(len(validating) == 0 || !s.validatingOK || bundlesContain(validating, m.CA))
 	p := plan(now, m, hasCA, s.cfg.timing())
 	if p.Action != ActionNone {
 		next, err := apply(now, p, m, &s.cfg)
@@ -141,18 +143,18 @@ func (s *SelfManaged) check(ctx context.Context) error {
 		m = next
 	}
 
-	if err := s.syncBundle(ctx, whc, m); err != nil {
+	if err := s.syncBundle(ctx, whc, mutating, m); err != nil {
 		return err
 	}
 	if vwc != nil {
-		if err := s.syncValidatingBundle(ctx, vwc, m); errors.Is(err, errConflict) {
+		if err := s.syncValidatingBundle(ctx, vwc, validating, m); errors.Is(err, errConflict) {
 			return err
 		} else if err != nil {
 			s.validatingProblem(err)
 		}
 	}
 	s.serve(m)
-	s.trusted.Store(bundlesContain(whc, m.Issuer()))
+	s.trusted.Store(bundlesContain(mutatingClientConfigs(whc), m.Issuer()))
 	return nil
 }
 
@@ -195,13 +197,10 @@ func (s *SelfManaged) writeSecret(ctx context.Context, old *corev1.Secret, m *Ma
 	return nil
 }
 
-// syncBundle makes every webhook's caBundle exactly m's CAs. whc is updated in place.
-func (s *SelfManaged) syncBundle(ctx context.Context, whc *admissionregistrationv1.MutatingWebhookConfiguration, m *Material) error {
+// syncBundle makes every webhook's caBundle exactly m's CAs. whc (whose clientConfigs
+// are configs) is updated in place.
+func (s *SelfManaged) syncBundle(ctx context.Context, whc *admissionregistrationv1.MutatingWebhookConfiguration, configs []*admissionregistrationv1.WebhookClientConfig, m *Material) error {
 	want := m.Bundle()
-	configs := make([]*admissionregistrationv1.WebhookClientConfig, len(whc.Webhooks))
-	for i := range whc.Webhooks {
-		configs[i] = &whc.Webhooks[i].ClientConfig
-	}
 	if !setBundle(want, configs) {
 		return nil
 	}
@@ -263,12 +262,8 @@ func setBundle(want []byte, configs []*admissionregistrationv1.WebhookClientConf
 }
 
 // syncValidatingBundle makes every workload webhook's caBundle exactly m's CAs.
-func (s *SelfManaged) syncValidatingBundle(ctx context.Context, vwc *admissionregistrationv1.ValidatingWebhookConfiguration, m *Material) error {
+func (s *SelfManaged) syncValidatingBundle(ctx context.Context, vwc *admissionregistrationv1.ValidatingWebhookConfiguration, configs []*admissionregistrationv1.WebhookClientConfig, m *Material) error {
 	want := m.Bundle()
-	configs := make([]*admissionregistrationv1.WebhookClientConfig, len(vwc.Webhooks))
-	for i := range vwc.Webhooks {
-		configs[i] = &vwc.Webhooks[i].ClientConfig
-	}
 	if setBundle(want, configs) {
 		_, err := s.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Update(ctx, vwc, metav1.UpdateOptions{})
 		if apierrors.IsConflict(err) {
@@ -309,27 +304,38 @@ func (s *SelfManaged) explain(err error, what string) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// bundlesContain reports whether every webhook's caBundle holds ca.
-func bundlesContain(whc *admissionregistrationv1.MutatingWebhookConfiguration, ca *x509.Certificate) bool {
-	if ca == nil || len(whc.Webhooks) == 0 {
+// bundlesContain reports whether there is a clientConfig and every one's caBundle holds ca.
+func bundlesContain(configs []*admissionregistrationv1.WebhookClientConfig, ca *x509.Certificate) bool {
+	if ca == nil || len(configs) == 0 {
 		return false
 	}
-	for _, wh := range whc.Webhooks {
-		if !bundleContains(wh.ClientConfig.CABundle, ca) {
+	for _, c := range configs {
+		if !bundleContains(c.CABundle, ca) {
 			return false
 		}
 	}
 	return true
 }
 
-// validatingBundlesContain is bundlesContain for the workload validation.
-func validatingBundlesContain(vwc *admissionregistrationv1.ValidatingWebhookConfiguration, ca *x509.Certificate) bool {
-	for _, wh := range vwc.Webhooks {
-		if !bundleContains(wh.ClientConfig.CABundle, ca) {
-			return false
-		}
+// mutatingClientConfigs and validatingClientConfigs point at the clientConfig of each
+// webhook of a configuration (none for nil): the caBundles podmeta keeps.
+func mutatingClientConfigs(whc *admissionregistrationv1.MutatingWebhookConfiguration) []*admissionregistrationv1.WebhookClientConfig {
+	var out []*admissionregistrationv1.WebhookClientConfig
+	for i := range whc.Webhooks {
+		out = append(out, &whc.Webhooks[i].ClientConfig)
 	}
-	return true
+	return out
+}
+
+func validatingClientConfigs(vwc *admissionregistrationv1.ValidatingWebhookConfiguration) []*admissionregistrationv1.WebhookClientConfig {
+	if vwc == nil {
+		return nil
+	}
+	var out []*admissionregistrationv1.WebhookClientConfig
+	for i := range vwc.Webhooks {
+		out = append(out, &vwc.Webhooks[i].ClientConfig)
+	}
+	return out
 }
 
 func (s *SelfManaged) NeedLeaderElection() bool { return false }
