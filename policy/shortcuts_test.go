@@ -38,6 +38,15 @@ func TestUnannotatedShortcut(t *testing.T) {
 		if (denied != "") != c.denied || (werr != nil) != c.denied {
 			t.Fatalf("%v ports %v: policy denial %q, webhook error %v; want denied=%v", c.flags, c.ctr.Ports, denied, werr, c.denied)
 		}
+		// The VAP on the pod as created (its invalid list, which the MAP's inject reads
+		// too): the shortcut keeps the clash, whatever the MAP did before it.
+		alone, err := validate(t, pols.Validating, p, gc.ns)
+		if err != nil {
+			t.Fatalf("%v %s: %s", c.flags, c.ctr.Name, short(err))
+		}
+		if (alone != "") != c.denied {
+			t.Fatalf("%v ports %v: the VAP alone on the unmutated pod says %q; want denied=%v", c.flags, c.ctr.Ports, alone, c.denied)
+		}
 		if c.denied {
 			checkSameDenial(t, werr.Error(), denied)
 			continue
@@ -48,6 +57,33 @@ func TestUnannotatedShortcut(t *testing.T) {
 		got.TypeMeta = want.TypeMeta // the apiserver path sets it
 		if diff := cmp.Diff(podJSON(t, want), podJSON(t, got)); diff != "" {
 			t.Errorf("%v: policy mode differs from the webhook (-webhook +policy):\n%s", c.flags, diff)
+		}
+	}
+}
+
+// What the shortcut is for: on a pod and namespace without podmeta annotations, the
+// settings (variables.s) and their checks (variables.invalid) cost the apiserver less
+// than a tenth of what they cost once one podmeta annotation is set.
+func TestUnannotatedShortcutCost(t *testing.T) {
+	pols := rendered(t, nil)
+	costs := func(ann map[string]string) map[string]int64 {
+		cs, err := RuntimeCosts(pols, demoPod(ann), demoNamespace())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int64{}
+		for _, c := range cs {
+			if c.Policy == pols.Validating.Name {
+				out[c.Expression] = c.Cost
+			}
+		}
+		return out
+	}
+	plain, annotated := costs(nil), costs(map[string]string{webhook.AnnotationInject: "true"})
+	for _, v := range []string{"variables.s", "variables.invalid"} {
+		t.Logf("%s: %d unannotated, %d annotated", v, plain[v], annotated[v])
+		if annotated[v] == 0 || plain[v]*10 > annotated[v] {
+			t.Errorf("%s costs %d on an unannotated pod, %d on an annotated one: the shortcut does not apply", v, plain[v], annotated[v])
 		}
 	}
 }
