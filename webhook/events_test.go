@@ -297,3 +297,54 @@ func TestOwnerEventsDroppedIsNotDeduplicated(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Only the controller ownerReference names the owner: a pod whose other owners (a
+// garbage-collection parent, controller false or unset) did not create it gets no Event
+// on them, and a controller listed after such owners gets it.
+func TestOwnerEventsOnlyOnTheController(t *testing.T) {
+	e := &OwnerEvents{Recorder: &fakeRecorder{}, Results: NewOwnerEventsMetric(nil)}
+	plan := &Plan{Warnings: []string{"podmeta: a warning"}}
+	body := func(refs ...map[string]any) []byte {
+		b, err := json.Marshal(map[string]any{"request": map[string]any{"object": map[string]any{"metadata": map[string]any{"ownerReferences": refs}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ref := func(name string, controller any) map[string]any {
+		r := map[string]any{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": "uid-" + name}
+		if controller != nil {
+			r["controller"] = controller
+		}
+		return r
+	}
+	e.observe(body(ref("parent", false), ref("other", nil)), "team-a", "pod-a", "", plan)
+	if len(e.queue) != 0 {
+		t.Fatalf("%d events queued for a pod without a controller ownerReference", len(e.queue))
+	}
+	e.observe(body(ref("parent", false), ref("web", true)), "team-a", "pod-b", "", plan)
+	if len(e.queue) != 1 {
+		t.Fatalf("%d events queued, want 1 on the controller", len(e.queue))
+	}
+	if ev := <-e.queue; ev.ref.Name != "web" || ev.ref.UID != "uid-web" {
+		t.Errorf("event on %s/%s (uid %s), want the controller web", ev.ref.Kind, ev.ref.Name, ev.ref.UID)
+	}
+}
+
+// An Event note stays within the events.k8s.io/v1 limit whatever the warnings: a pod
+// may be warned about thousands of containers or keys.
+func TestOwnerEventNoteBounded(t *testing.T) {
+	e := &OwnerEvents{Recorder: &fakeRecorder{}, Results: NewOwnerEventsMetric(nil)}
+	plan := &Plan{}
+	for i := range 500 {
+		plan.Warnings = append(plan.Warnings, "podmeta: warning "+strconv.Itoa(i)+" "+strings.Repeat("w", 100))
+	}
+	e.observe(ownerBody(t, "web", "uid-web"), "team-a", "web-abcde", "web-", plan)
+	if len(e.queue) != 1 {
+		t.Fatalf("%d events queued, want 1", len(e.queue))
+	}
+	note := (<-e.queue).note
+	if len(note) > maxEventNoteBytes || !strings.HasPrefix(note, "podmeta injected pod web-abcde with 500 warning(s)") {
+		t.Errorf("note of %d bytes (limit %d): %.120q…", len(note), maxEventNoteBytes, note)
+	}
+}
