@@ -12,12 +12,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/admission"
 	plugincel "k8s.io/apiserver/pkg/admission/plugin/cel"
 	"k8s.io/apiserver/pkg/admission/plugin/policy/mutating/patch"
 	celconfig "k8s.io/apiserver/pkg/apis/cel"
-	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/cel/environment"
 )
 
@@ -26,39 +24,13 @@ import (
 // and JSON-patch application the MutatingAdmissionPolicy plugin uses, without its
 // matcher (selectors are matched by the integration test on a real apiserver).
 
-var (
-	podGVK = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
-	podGVR = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
-	scheme = func() *runtime.Scheme {
-		s := runtime.NewScheme()
-		if err := corev1.AddToScheme(s); err != nil {
-			panic(err)
-		}
-		return s
-	}()
-)
-
-type expr struct {
-	e   string
-	ret []*celgo.Type
-}
-
-func (e expr) GetExpression() string      { return e.e }
-func (e expr) ReturnTypes() []*celgo.Type { return e.ret }
-
-type namedExpr struct {
-	name string
-	expr
-}
-
-func (n namedExpr) GetName() string { return n.name }
-
-func attributes(p *corev1.Pod) *admission.VersionedAttributes {
-	p = p.DeepCopy()
-	p.SetGroupVersionKind(podGVK)
-	attr := admission.NewAttributesRecord(p, nil, podGVK, p.Namespace, p.Name, podGVR, "", admission.Create, &metav1.CreateOptions{}, false, &user.DefaultInfo{Name: "test"})
-	return &admission.VersionedAttributes{Attributes: attr, VersionedObject: admission.NewLazyObject(p), VersionedKind: podGVK}
-}
+var scheme = func() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := corev1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}()
 
 // mutate runs the MAP's matchConditions and mutations on p as the apiserver would,
 // once. It returns the pod unchanged when a matchCondition is false.
@@ -69,7 +41,7 @@ func mutate(t *testing.T, mp *admissionregistrationv1.MutatingAdmissionPolicy, p
 	compiler := c.compiler
 	ctx = compiler.CreateContext(ctx)
 	o := admission.NewObjectInterfacesFromScheme(scheme)
-	va := attributes(p)
+	va := podCreate(p)
 	req := plugincel.CreateAdmissionRequest(va.Attributes, metav1.GroupVersionResource(podGVR), metav1.GroupVersionKind(podGVK))
 	if len(mp.Spec.MatchConditions) > 0 {
 		ev := c.conditions
@@ -129,19 +101,19 @@ func conditions(t *testing.T, vars []admissionregistrationv1.Variable, exprs []s
 	key := fmt.Sprintf("%p %v %q", vars, ret, exprs)
 	ev, ok := compiledConditions[key]
 	if !ok {
-		compiler, err := plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
+		compiler, err := newCompiler()
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts := plugincel.OptionalVariableDeclarations{HasAuthorizer: true}
+		opts := policyDecls
 		var named []plugincel.NamedExpressionAccessor
 		for _, v := range vars {
-			named = append(named, namedExpr{v.Name, expr{v.Expression, []*celgo.Type{celgo.AnyType}}})
+			named = append(named, variable(v))
 		}
 		compiler.CompileAndStoreVariables(named, opts, environment.StoredExpressions)
 		var acc []plugincel.ExpressionAccessor
 		for _, e := range exprs {
-			acc = append(acc, expr{e, []*celgo.Type{ret}})
+			acc = append(acc, expression{text: e, ret: ret})
 		}
 		ev = compiler.CompileCondition(acc, opts, environment.StoredExpressions)
 		compiledConditions[key] = ev
@@ -149,7 +121,7 @@ func conditions(t *testing.T, vars []admissionregistrationv1.Variable, exprs []s
 	if errs := ev.CompilationErrors(); len(errs) > 0 {
 		return nil, fmt.Errorf("compile: %v", errs)
 	}
-	va := attributes(p)
+	va := podCreate(p)
 	req := plugincel.CreateAdmissionRequest(va.Attributes, metav1.GroupVersionResource(podGVR), metav1.GroupVersionKind(podGVK))
 	res, _, err := ev.ForInput(context.Background(), va, req, plugincel.OptionalVariableBindings{}, ns, celconfig.RuntimeCELCostBudget)
 	if err != nil {
@@ -236,19 +208,19 @@ func compiledFor(t *testing.T, mp *admissionregistrationv1.MutatingAdmissionPoli
 	if c, ok := compiled[mp]; ok {
 		return c
 	}
-	compiler, err := plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
+	compiler, err := newCompiler()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &compiledMAP{compiler: compiler, opts: plugincel.OptionalVariableDeclarations{HasAuthorizer: true}}
+	c := &compiledMAP{compiler: compiler, opts: policyDecls}
 	var vars []plugincel.NamedExpressionAccessor
 	for _, v := range mp.Spec.Variables {
-		vars = append(vars, namedExpr{v.Name, expr{v.Expression, []*celgo.Type{celgo.AnyType}}})
+		vars = append(vars, variable(v))
 	}
 	compiler.CompileAndStoreVariables(vars, c.opts, environment.StoredExpressions)
 	var conds []plugincel.ExpressionAccessor
 	for _, m := range mp.Spec.MatchConditions {
-		conds = append(conds, expr{m.Expression, []*celgo.Type{celgo.BoolType}})
+		conds = append(conds, expression{text: m.Expression, ret: celgo.BoolType})
 	}
 	c.conditions = compiler.CompileCondition(conds, c.opts, environment.StoredExpressions)
 	popts := c.opts

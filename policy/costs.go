@@ -82,12 +82,38 @@ func (e expression) GetExpression() string      { return e.text }
 func (e expression) ReturnTypes() []*celgo.Type { return []*celgo.Type{e.ret} }
 func (e expression) GetName() string            { return e.name }
 
+// variable is v as the apiserver compiles a policy's variable.
+func variable(v admissionregistrationv1.Variable) expression {
+	return expression{v.Name, v.Expression, celgo.AnyType, false}
+}
+
+// newCompiler is the apiserver's compiler of admission policies, with the variables a
+// policy's expressions declare (policyDecls).
+func newCompiler() (*plugincel.CompositedCompiler, error) {
+	return plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
+}
+
+var policyDecls = plugincel.OptionalVariableDeclarations{HasAuthorizer: true}
+
+var (
+	podGVK = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
+	podGVR = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+)
+
+// podCreate is a pod CREATE as the apiserver's admission policies see it.
+func podCreate(pod *corev1.Pod) *admission.VersionedAttributes {
+	pod = pod.DeepCopy()
+	pod.SetGroupVersionKind(podGVK)
+	attr := admission.NewAttributesRecord(pod, nil, podGVK, pod.Namespace, pod.Name, podGVR, "", admission.Create, &metav1.CreateOptions{}, false, &user.DefaultInfo{Name: "podmeta"})
+	return &admission.VersionedAttributes{Attributes: attr, VersionedObject: admission.NewLazyObject(pod), VersionedKind: podGVK}
+}
+
 func runtimeCosts(policy string, vars []admissionregistrationv1.Variable, exprs []expression, pod *corev1.Pod, ns *corev1.Namespace) ([]Cost, error) {
-	compiler, err := plugincel.NewCompositedCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
+	compiler, err := newCompiler()
 	if err != nil {
 		return nil, err
 	}
-	opts := plugincel.OptionalVariableDeclarations{HasAuthorizer: true}
+	opts := policyDecls
 	act, err := newActivation(pod, ns)
 	if err != nil {
 		return nil, err
@@ -110,7 +136,7 @@ func runtimeCosts(policy string, vars []admissionregistrationv1.Variable, exprs 
 	// As the apiserver compiles a policy: every variable first, then the expressions.
 	var compiled []plugincel.CompilationResult
 	for _, v := range vars {
-		compiled = append(compiled, compiler.CompileAndStoreVariable(expression{v.Name, v.Expression, celgo.AnyType, false}, opts, environment.StoredExpressions))
+		compiled = append(compiled, compiler.CompileAndStoreVariable(variable(v), opts, environment.StoredExpressions))
 	}
 	for i, v := range vars {
 		val, err := eval(expression{name: "variables." + v.Name}, compiled[i])
@@ -137,17 +163,12 @@ type activation struct {
 }
 
 func newActivation(pod *corev1.Pod, ns *corev1.Namespace) (*activation, error) {
-	gvk := schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
-	gvr := schema.GroupVersionResource{Version: "v1", Resource: "pods"}
-	pod = pod.DeepCopy()
-	pod.SetGroupVersionKind(gvk)
-	attr := admission.NewAttributesRecord(pod, nil, gvk, pod.Namespace, pod.Name, gvr, "", admission.Create, &metav1.CreateOptions{}, false, &user.DefaultInfo{Name: "podmeta"})
-	lazy := admission.NewLazyObject(pod)
-	obj, err := lazy.CELValue()
+	va := podCreate(pod)
+	obj, err := va.VersionedObject.CELValue()
 	if err != nil {
 		return nil, err
 	}
-	req := plugincel.CreateAdmissionRequest(attr, metav1.GroupVersionResource(gvr), metav1.GroupVersionKind(gvk))
+	req := plugincel.CreateAdmissionRequest(va.Attributes, metav1.GroupVersionResource(podGVR), metav1.GroupVersionKind(podGVK))
 	return &activation{object: obj, request: common.SchemalessTypedToVal(req), namespace: common.SchemalessTypedToVal(ns), variables: map[string]ref.Val{}}, nil
 }
 
