@@ -50,18 +50,7 @@ func TestChartPolicyMatchesRender(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, web := render(t, "podmeta", "podmeta-system", c.values...)
-			cfg := webhook.DefaultConfig()
-			fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
-			cfg.AddFlags(fs)
-			for _, a := range containerArgs(t, web) {
-				name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-				if fs.Lookup(name) != nil {
-					if err := fs.Parse([]string{a}); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			pols, err := policy.Render(cfg)
+			pols, err := policy.Render(chartConfig(t, web))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,6 +88,38 @@ func TestChartPolicyMatchesRender(t *testing.T) {
 			}
 		})
 	}
+}
+
+// chartConfig is the configuration podmeta webhook runs with in objs's Deployment: the
+// binary's defaults, set by its args that are webhook flags.
+func chartConfig(t *testing.T, objs []*unstructured.Unstructured) webhook.Config {
+	t.Helper()
+	cfg := webhook.DefaultConfig()
+	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+	cfg.AddFlags(fs)
+	for _, arg := range containerArgs(t, objs) {
+		name, value, _ := strings.Cut(strings.TrimPrefix(arg, "--"), "=")
+		if fs.Lookup(name) != nil {
+			if err := fs.Set(name, value); err != nil {
+				t.Fatalf("%s: %v", arg, err)
+			}
+		}
+	}
+	return cfg
+}
+
+// releaseObjects are the objects helm installed as release in ns.
+func releaseObjects(ctx context.Context, t *testing.T, h *harness.Helm, release, ns string) []*unstructured.Unstructured {
+	t.Helper()
+	manifest, err := h.Run(ctx, "get", "manifest", release, "--namespace", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeObjects([]byte(manifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
 }
 
 // selectorExtras are the chart's extra namespace and object selector expressions, as its
@@ -175,14 +196,7 @@ func TestChartPolicyInstall(t *testing.T) {
 	}
 	t.Cleanup(func() { h.Run(context.Background(), "uninstall", release, "--namespace", release) })
 
-	manifest, err := h.Run(ctx, "get", "manifest", release, "--namespace", release)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := decodeObjects([]byte(manifest))
-	if err != nil {
-		t.Fatal(err)
-	}
+	objs := releaseObjects(ctx, t, h, release, release)
 	kinds := map[string]int{}
 	for _, o := range objs {
 		kinds[o.GetKind()]++
