@@ -82,7 +82,8 @@ func TestDoctorRecordInjectedWhenAnnotationsInvalidNow(t *testing.T) {
 
 // Odd cluster objects give verdicts, not panics: a webhook without selectors,
 // matchConditions or failurePolicy, a clientConfig with neither service nor url, a
-// Secret without tls.crt, a malformed caBundle, a Service without a selector.
+// Secret without tls.crt, a malformed caBundle, a Service without a selector or ready
+// endpoints.
 func TestDoctorOddClusterObjects(t *testing.T) {
 	sideEffects := admissionregistrationv1.SideEffectClassNone
 	rules := []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{"CREATE"},
@@ -108,7 +109,8 @@ func TestDoctorOddClusterObjects(t *testing.T) {
 			t.Fatal(err)
 		}
 		text, _ := json.Marshal(r.Checks)
-		for _, want := range []string{"has no certificate in tls.crt", "clientConfig has neither service nor url", "clientConfig.url", "none: namespace demo is selected"} {
+		for _, want := range []string{"has no certificate in tls.crt", "clientConfig has neither service nor url", "clientConfig.url", "none: namespace demo is selected",
+			"Service podmeta-system/podmeta-webhook has no ready endpoints"} {
 			if !strings.Contains(string(text), want) {
 				t.Errorf("existing=%v: checks lack %q: %s", tg.existing, want, text)
 			}

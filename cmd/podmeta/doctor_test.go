@@ -183,6 +183,10 @@ func TestDoctorCertChecks(t *testing.T) {
 			}
 		})
 	}
+	// An empty caBundle is named as such, not as one without a certificate.
+	if got := certChecks(nil, good, "Secret x/y", host, now); !strings.Contains(got[0].Message, "caBundle is empty") {
+		t.Errorf("empty caBundle: %+v", got[0])
+	}
 	if got := certChecks(caPEM, []byte("not a certificate"), "Secret x/y", host, now); len(got) != 1 || got[0].Verdict != verdictFail {
 		t.Errorf("no certificate: %+v", got)
 	}
