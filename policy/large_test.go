@@ -70,13 +70,8 @@ func runtimeCost(t *testing.T, pols *Policies, p *corev1.Pod) int64 {
 // mutation, celconfig.RuntimeCELCostBudget): a typical pod and a 200-container one.
 func TestRuntimeCost(t *testing.T) {
 	pols := rendered(t, nil)
-	typical := demoPod(map[string]string{webhook.AnnotationAmbassador: "true"},
-		corev1.Container{Name: "app", Image: "app:1"}, corev1.Container{Name: "proxy", Image: "proxy:1"})
-	var cs []corev1.Container
-	for i := range 200 {
-		cs = append(cs, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: "app:1", Env: []corev1.EnvVar{{Name: "OWN", Value: "x"}}})
-	}
-	large := demoPod(map[string]string{webhook.AnnotationEnv: "all", webhook.AnnotationAmbassador: "true"}, cs...)
+	refs := ReferencePods() // the typical pod and the 200-container one
+	typical, large := refs[0].Pod, refs[len(refs)-1].Pod
 	small, big := runtimeCost(t, pols, typical), runtimeCost(t, pols, large)
 	t.Logf("runtime CEL cost of the mutation: typical pod %d, 200 containers with every env key %d, budget %d", small, big, mutationBudget)
 	if big > mutationBudget/2 {
