@@ -73,7 +73,6 @@ func TestDoctorMatching(t *testing.T) {
 	wh := shippedWebhook(t)
 	p := doctorPod(nil, nil)
 	tg := &target{pod: p}
-	optedIn := map[string]string{webhook.LabelInject: "enabled", corev1.LabelMetadataName: "demo"}
 
 	if c := rulesCheck("rules", wh.Rules, createAttributes(p).Attributes, ""); c.Verdict != verdictOK {
 		t.Errorf("shipped rules: %+v", c)
@@ -84,7 +83,7 @@ func TestDoctorMatching(t *testing.T) {
 		t.Errorf("UPDATE-only rules: %+v", c)
 	}
 
-	if c := selectorCheck("ns", "namespace demo", wh.NamespaceSelector, optedIn, namespaceFix("demo")); c.Verdict != verdictOK {
+	if c := selectorCheck("ns", "namespace demo", wh.NamespaceSelector, labelledNamespace("demo", nil).Labels, namespaceFix("demo")); c.Verdict != verdictOK {
 		t.Errorf("opted-in namespace: %+v", c)
 	}
 	c := selectorCheck("ns", "namespace demo", wh.NamespaceSelector, map[string]string{corev1.LabelMetadataName: "demo"}, namespaceFix("demo"))
