@@ -131,17 +131,9 @@ type ownerEvent struct {
 // NewOwnerEventsMetric creates podmeta_owner_events_total and registers it with reg
 // (nil: not registered).
 func NewOwnerEventsMetric(reg prometheus.Registerer) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "podmeta_owner_events_total",
-		Help: "Events on the owners of pods podmeta injected with warnings or skipped, by result: recorded, deduplicated (one for the owner and reason within --owner-event-window), dropped (the queue was full).",
-	}, []string{"result"})
-	for _, r := range []string{EventRecorded, EventDeduplicated, EventDropped} {
-		c.WithLabelValues(r)
-	}
-	if reg != nil {
-		reg.MustRegister(c)
-	}
-	return c
+	return NewCounterVec(reg, "podmeta_owner_events_total",
+		"Events on the owners of pods podmeta injected with warnings or skipped, by result: recorded, deduplicated (one for the owner and reason within --owner-event-window), dropped (the queue was full).",
+		"result", EventRecorded, EventDeduplicated, EventDropped)
 }
 
 func (e *OwnerEvents) init() {

@@ -106,17 +106,9 @@ const (
 // NewReadMetrics creates podmeta_body_refused_total and registers it with reg (nil:
 // not registered).
 func NewReadMetrics(reg prometheus.Registerer) *ReadMetrics {
-	m := &ReadMetrics{Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "podmeta_body_refused_total",
-		Help: "Admission requests refused while their body was read, by reason: timeout (not sent within --body-read-timeout, HTTP 408), budget (--body-budget-bytes already buffered, HTTP 429) or large (a body over --large-body-bytes found no turn within 2 s at --large-body-rate, HTTP 429). Also counted as result=error.",
-	}, []string{"reason"})}
-	m.Refused.WithLabelValues(RefusedTimeout)
-	m.Refused.WithLabelValues(RefusedBudget)
-	m.Refused.WithLabelValues(RefusedLarge)
-	if reg != nil {
-		reg.MustRegister(m.Refused)
-	}
-	return m
+	return &ReadMetrics{Refused: NewCounterVec(reg, "podmeta_body_refused_total",
+		"Admission requests refused while their body was read, by reason: timeout (not sent within --body-read-timeout, HTTP 408), budget (--body-budget-bytes already buffered, HTTP 429) or large (a body over --large-body-bytes found no turn within 2 s at --large-body-rate, HTTP 429). Also counted as result=error.",
+		"reason", RefusedTimeout, RefusedBudget, RefusedLarge)}
 }
 
 // Drain makes every later response close its connection ("Connection: close"). A

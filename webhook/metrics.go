@@ -83,6 +83,20 @@ func (m *Metrics) observe(p *Plan) {
 	}
 }
 
+// NewCounterVec creates a counter of name partitioned by label, with a series for each
+// of values from the start (rate() and alerts see zeros rather than nothing), and
+// registers it with reg (nil: not registered).
+func NewCounterVec(reg prometheus.Registerer, name, help, label string, values ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label})
+	for _, v := range values {
+		c.WithLabelValues(v)
+	}
+	if reg != nil {
+		reg.MustRegister(c)
+	}
+	return c
+}
+
 // WorkloadMetrics count workload reviews (workloads.go). A review refused before a
 // decision (a bad request, the body bounds) is counted with the pods' as result=error.
 type WorkloadMetrics struct {
@@ -92,17 +106,9 @@ type WorkloadMetrics struct {
 // NewWorkloadMetrics creates podmeta_workload_reviews_total and registers it with reg
 // (nil: not registered).
 func NewWorkloadMetrics(reg prometheus.Registerer) *WorkloadMetrics {
-	m := &WorkloadMetrics{Reviews: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "podmeta_workload_reviews_total",
-		Help: "Workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) reviews answered, by result: allowed, warned, denied, skipped (--workload-validation=off, an excluded namespace, not a workload).",
-	}, []string{"result"})}
-	for _, r := range []string{WorkloadAllowed, WorkloadWarned, WorkloadDenied, WorkloadSkipped} {
-		m.Reviews.WithLabelValues(r)
-	}
-	if reg != nil {
-		reg.MustRegister(m.Reviews)
-	}
-	return m
+	return &WorkloadMetrics{Reviews: NewCounterVec(reg, "podmeta_workload_reviews_total",
+		"Workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) reviews answered, by result: allowed, warned, denied, skipped (--workload-validation=off, an excluded namespace, not a workload).",
+		"result", WorkloadAllowed, WorkloadWarned, WorkloadDenied, WorkloadSkipped)}
 }
 
 func (m *WorkloadMetrics) count(result string) {

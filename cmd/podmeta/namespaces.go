@@ -79,17 +79,9 @@ type nsFlight struct {
 
 // newNamespaceLookupMetric creates podmeta_namespace_lookups_total.
 func newNamespaceLookupMetric(reg prometheus.Registerer) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "podmeta_namespace_lookups_total",
-		Help: "Namespace annotation lookups of pod admissions, by result: found, appeared (seen while waiting), unknown (not seen within --namespace-wait), unknown-cached (not waited for: unknown a moment ago), overflow (not waited for: --max-namespace-waits already waiting), error.",
-	}, []string{"result"})
-	for _, r := range []string{nsFound, nsAppeared, nsUnknown, nsUnknownCached, nsOverflow, nsError} {
-		c.WithLabelValues(r)
-	}
-	if reg != nil {
-		reg.MustRegister(c)
-	}
-	return c
+	return webhook.NewCounterVec(reg, "podmeta_namespace_lookups_total",
+		"Namespace annotation lookups of pod admissions, by result: found, appeared (seen while waiting), unknown (not seen within --namespace-wait), unknown-cached (not waited for: unknown a moment ago), overflow (not waited for: --max-namespace-waits already waiting), error.",
+		"result", nsFound, nsAppeared, nsUnknown, nsUnknownCached, nsOverflow, nsError)
 }
 
 func newNamespaceLookup(get func(context.Context, string) (nsMeta, error), synced *atomic.Bool, wait time.Duration, maxWaits int, lookups *prometheus.CounterVec, log logr.Logger) *namespaceLookup {
