@@ -114,14 +114,7 @@ func testChartLifecycle(t *testing.T, h *harness.Helm, proxy *admissionProxy, mo
 	})
 
 	// The apiserver accepted and stored every object helm rendered.
-	manifest, err := h.Run(ctx, "get", "manifest", release, "--namespace", ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := decodeObjects([]byte(manifest))
-	if err != nil {
-		t.Fatal(err)
-	}
+	objs := releaseObjects(ctx, t, h, release, ns)
 	kinds := map[string]bool{}
 	for _, o := range objs {
 		kinds[o.GetKind()] = true

@@ -3,7 +3,6 @@ package test
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"slices"
 	"strings"
 	"testing"
@@ -88,38 +87,6 @@ func TestChartPolicyMatchesRender(t *testing.T) {
 			}
 		})
 	}
-}
-
-// chartConfig is the configuration podmeta webhook runs with in objs's Deployment: the
-// binary's defaults, set by its args that are webhook flags.
-func chartConfig(t *testing.T, objs []*unstructured.Unstructured) webhook.Config {
-	t.Helper()
-	cfg := webhook.DefaultConfig()
-	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
-	cfg.AddFlags(fs)
-	for _, arg := range containerArgs(t, objs) {
-		name, value, _ := strings.Cut(strings.TrimPrefix(arg, "--"), "=")
-		if fs.Lookup(name) != nil {
-			if err := fs.Set(name, value); err != nil {
-				t.Fatalf("%s: %v", arg, err)
-			}
-		}
-	}
-	return cfg
-}
-
-// releaseObjects are the objects helm installed as release in ns.
-func releaseObjects(ctx context.Context, t *testing.T, h *harness.Helm, release, ns string) []*unstructured.Unstructured {
-	t.Helper()
-	manifest, err := h.Run(ctx, "get", "manifest", release, "--namespace", ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := decodeObjects([]byte(manifest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return objs
 }
 
 // selectorExtras are the chart's extra namespace and object selector expressions, as its

@@ -144,6 +144,38 @@ func containerArgs(t *testing.T, objs []*unstructured.Unstructured) []string {
 	return d.Spec.Template.Spec.Containers[0].Args
 }
 
+// chartConfig is the configuration podmeta webhook runs with in objs's Deployment: the
+// binary's defaults, set by its args that are webhook flags.
+func chartConfig(t *testing.T, objs []*unstructured.Unstructured) webhook.Config {
+	t.Helper()
+	cfg := webhook.DefaultConfig()
+	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+	cfg.AddFlags(fs)
+	for _, arg := range containerArgs(t, objs) {
+		name, value, _ := strings.Cut(strings.TrimPrefix(arg, "--"), "=")
+		if fs.Lookup(name) != nil {
+			if err := fs.Set(name, value); err != nil {
+				t.Fatalf("%s: %v", arg, err)
+			}
+		}
+	}
+	return cfg
+}
+
+// releaseObjects are the objects helm installed as release in ns.
+func releaseObjects(ctx context.Context, t *testing.T, h *harness.Helm, release, ns string) []*unstructured.Unstructured {
+	t.Helper()
+	manifest, err := h.Run(ctx, "get", "manifest", release, "--namespace", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeObjects([]byte(manifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
 // 1. helm lint for every case, strict.
 func TestChartLint(t *testing.T) {
 	for _, c := range chartCases {
@@ -400,17 +432,7 @@ func TestChartWebhookMatchesConfig(t *testing.T) {
 // values behaves like `podmeta webhook` with no flags (except the release's images).
 func TestChartDefaultsMatchBinary(t *testing.T) {
 	_, objs := render(t, "podmeta", "podmeta-system")
-	got := webhook.DefaultConfig()
-	fs := flag.NewFlagSet("chart", flag.ContinueOnError)
-	got.AddFlags(fs)
-	for _, arg := range containerArgs(t, objs) {
-		name, value, _ := strings.Cut(strings.TrimPrefix(arg, "--"), "=")
-		if fs.Lookup(name) != nil {
-			if err := fs.Set(name, value); err != nil {
-				t.Errorf("%s: %v", arg, err)
-			}
-		}
-	}
+	got := chartConfig(t, objs)
 	want := webhook.DefaultConfig()
 	want.AmbassadorImage = "ghcr.io/podmeta/ambassador:" + chartAppVersion(t)
 	want.ExcludedNamespaces = append(want.ExcludedNamespaces, "podmeta-system")
