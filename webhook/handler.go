@@ -117,26 +117,30 @@ func NewReadMetrics(reg prometheus.Registerer) *ReadMetrics {
 // under a request it already sent (which fails that admission).
 func (h *Handler) Drain() { h.draining.Store(true) }
 
-// review is the part of an AdmissionReview (v1 or v1beta1, which share this shape) the
-// handler reads. The object decodes straight into a podView, in the same pass: no
-// RawExtension copy, no second decode of the pod, no typed corev1.Pod.
-type review struct {
-	APIVersion string         `json:"apiVersion"`
-	Kind       string         `json:"kind"`
-	Request    *reviewRequest `json:"request"`
+// review is the part of an AdmissionReview (v1 or v1beta1, which share this shape) a
+// handler reads, its object decoded straight into O in the same pass: a
+// podView for the pod path (no RawExtension copy, no second decode of the pod, no typed
+// corev1.Pod), a workloadView for the workload path (workloads.go).
+type review[O any] struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Request    *reviewRequest[O] `json:"request"`
 }
 
-type reviewRequest struct {
+type reviewRequest[O any] struct {
 	UID  string `json:"uid"`
 	Kind struct {
 		Group string `json:"group"`
 		Kind  string `json:"kind"`
 	} `json:"kind"`
-	SubResource string   `json:"subResource"`
-	Namespace   string   `json:"namespace"`
-	Operation   string   `json:"operation"`
-	DryRun      *bool    `json:"dryRun"`
-	Object      *podView `json:"object"`
+	SubResource string `json:"subResource"`
+	Namespace   string `json:"namespace"`
+	Operation   string `json:"operation"`
+	DryRun      *bool  `json:"dryRun"`
+	Object      *O     `json:"object"`
+	// OldObject is an UPDATE's object before it, kept as JSON and decoded only where
+	// it is read (workloads.go); a pointer, so a CREATE's "oldObject":null costs nothing.
+	OldObject *jsontext.Value `json:"oldObject"`
 }
 
 // otherReview reads a review whose object is not a pod (it did not fit a podView).
@@ -453,7 +457,7 @@ func (h *Handler) take(n int64) bool {
 // admit decides on the review in body, writing any patch into patch.
 // log gains the request's uid, namespace and pod name for every line after it.
 func (h *Handler) admit(r *http.Request, body, patch *bytes.Buffer, log *logr.Logger) (*reviewResponse, error) {
-	var rev review
+	var rev review[podView]
 	if err := unmarshal(body.Bytes(), &rev); err != nil {
 		return h.notAPod(body.Bytes(), err)
 	}

@@ -81,25 +81,6 @@ var templatePaths = map[string]string{
 	"batch/CronJob":    "spec.jobTemplate.spec.template",
 }
 
-// workloadReview is the part of a workload's AdmissionReview the validator reads.
-type workloadReview struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
-	Request    *struct {
-		UID  string `json:"uid"`
-		Kind struct {
-			Group string `json:"group"`
-			Kind  string `json:"kind"`
-		} `json:"kind"`
-		SubResource string        `json:"subResource"`
-		Namespace   string        `json:"namespace"`
-		Name        string        `json:"name"`
-		Operation   string        `json:"operation"`
-		Object      *workloadView `json:"object"`
-		OldObject   *workloadView `json:"oldObject"`
-	} `json:"request"`
-}
-
 // workloadView is the part of a workload the validator reads; the template is kept
 // as JSON and decoded as a pod (podView), as the pod path decodes one.
 type workloadView struct {
@@ -161,7 +142,7 @@ type proxyView struct {
 // admitWorkload decides on a workload review in body.
 func (v *WorkloadValidator) admitWorkload(ctx context.Context, body []byte, log *logr.Logger) (*reviewResponse, error) {
 	m := v.Metrics
-	var rev workloadReview
+	var rev review[workloadView]
 	if err := unmarshal(body, &rev); err != nil {
 		return nil, &httpError{http.StatusBadRequest, "not a workload AdmissionReview: " + err.Error()}
 	}
@@ -181,7 +162,11 @@ func (v *WorkloadValidator) admitWorkload(ctx context.Context, body []byte, log 
 		return nil, &httpError{http.StatusBadRequest, fmt.Sprintf("a %s %s review has no request.object", req.Kind.Kind, req.Operation)}
 	}
 	// Clipped: a direct caller may send megabytes in each (the kind is a known one).
-	*log = log.WithValues("uid", clip(req.UID), "namespace", clip(req.Namespace), "kind", req.Kind.Kind, "name", clip(req.Name))
+	name := req.Object.Metadata.Name
+	if name == "" {
+		name = req.Object.Metadata.GenerateName + "*"
+	}
+	*log = log.WithValues("uid", clip(req.UID), "namespace", clip(req.Namespace), "kind", req.Kind.Kind, "name", clip(name))
 	var nsLabels, nsAnn map[string]string
 	if v.Namespaces != nil {
 		nsLabels, nsAnn = v.Namespaces(ctx, req.Namespace)
@@ -211,7 +196,8 @@ func (v *WorkloadValidator) admitWorkload(ctx context.Context, body []byte, log 
 // workload is one review's object, in the terms of check.
 type workload struct {
 	kind, namespace, operation string
-	object, old                *workloadView
+	object                     *workloadView
+	old                        *jsontext.Value // an UPDATE's old object (review.OldObject)
 	cronJob                    bool
 	nsLabels, nsAnnotations    map[string]string
 }
@@ -285,7 +271,7 @@ func (v *WorkloadValidator) check(w *workload) (deny string, warnings []string) 
 			// A controller's object (a Deployment's ReplicaSet, a CronJob's Job): denying
 			// it would stick a rollout; its owner was judged when it was applied.
 			warnings = append(warnings, "podmeta: "+msg+" (created by "+owner+": warned, not denied)")
-		case w.operation == "UPDATE" && w.old != nil && samePodmetaAnnotations(w.old.template(w.cronJob), pod.Metadata.Annotations):
+		case w.operation == "UPDATE" && samePodmetaAnnotations(w.oldTemplate(), pod.Metadata.Annotations):
 			// Already wrong before this change: let it be scaled, patched or deleted.
 			warnings = append(warnings, "podmeta: "+msg+" (the template's podmeta annotations are unchanged by this update: warned, not denied)")
 		default:
@@ -360,6 +346,16 @@ func podmetaKeys(ann map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// oldTemplate is the pod template of an UPDATE's old object: nil without one, or when
+// it does not decode (then the update is judged as new).
+func (w *workload) oldTemplate() jsontext.Value {
+	var old workloadView
+	if w.old == nil || unmarshal(*w.old, &old) != nil {
+		return nil
+	}
+	return old.template(w.cronJob)
 }
 
 // samePodmetaAnnotations reports whether the old template (JSON) has exactly the
