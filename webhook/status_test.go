@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"encoding/json"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -210,6 +211,26 @@ func TestStatusSkipReasonsBounded(t *testing.T) {
 	st, _, _ = recordOf(t, in, podJSON(nil, many[:20], ""))
 	if want := "and 12 more"; st.Skipped[maxSkipped] != want || !strings.HasPrefix(st.Skipped[0], SkipEnvKept+" ") {
 		t.Errorf("skipped %q: want %d env-kept entries, then %q", st.Skipped, maxSkipped, want)
+	}
+}
+
+// A skip reason stops being built at its bound: what it costs does not grow with the
+// names it concerns (the clipped result alone would hide a megabyte built and dropped).
+func TestStatusSkipReasonBuiltWithinBound(t *testing.T) {
+	names := make([]string, 1000)
+	for i := range names {
+		names[i] = strings.Repeat("c", 1000) + strconv.Itoa(i)
+	}
+	pl := &planner{plan: &Plan{}}
+	var before, after goruntime.MemStats
+	goruntime.ReadMemStats(&before)
+	pl.skip(SkipNotSelected, names...)
+	goruntime.ReadMemStats(&after)
+	if built := after.TotalAlloc - before.TotalAlloc; built > 64<<10 {
+		t.Errorf("%d KiB allocated for one skip reason of 1,000 names of 1 KB (bound %d bytes)", built>>10, maxSkippedBytes)
+	}
+	if len(pl.plan.skips) != 1 || len(pl.plan.skips[0]) > maxSkippedBytes || !strings.HasPrefix(pl.plan.skips[0], SkipNotSelected+" ccc") {
+		t.Errorf("skips %q", pl.plan.skips)
 	}
 }
 
