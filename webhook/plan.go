@@ -114,7 +114,6 @@ func (pl *planner) targets() []containerRef {
 		return all
 	}
 	var out []containerRef
-	selected := make(map[int]bool, len(pl.settings.Containers))
 	for _, name := range pl.settings.Containers {
 		i := slices.IndexFunc(all, func(r containerRef) bool { return r.c.Name == name })
 		if i < 0 {
@@ -123,12 +122,11 @@ func (pl *planner) targets() []containerRef {
 			continue
 		}
 		out = append(out, all[i])
-		selected[i] = true
 	}
-	var left []string
-	for i := range all {
-		if !selected[i] {
-			left = append(left, all[i].c.Name)
+	var left []string // the same O(containers × names) as the lookups above, no map
+	for _, r := range all {
+		if !slices.Contains(pl.settings.Containers, r.c.Name) {
+			left = append(left, r.c.Name)
 		}
 	}
 	if left != nil {
