@@ -211,3 +211,30 @@ func TestDoctorBothModesOnDisjointNamespaces(t *testing.T) {
 		t.Fatalf("selected by neither: exit %d, checks %+v", r.Exit, r.Checks)
 	}
 }
+
+// A pod changed after admission: its record claims what the spec no longer shows, and
+// "record matches spec" says so (a warning: the pod is still injected).
+func TestDoctorRecordNoLongerMatchesSpec(t *testing.T) {
+	pod := injectedPod(t)
+	pod.Spec.Containers[0].Env = pod.Spec.Containers[0].Env[1:] // one of podmeta's env vars removed
+	d, _ := fakeDoctor()
+	r := &report{}
+	checks := d.recordCheck(&target{pod: pod, existing: true}, labelledNamespace("demo", nil), r)
+	i := slices.IndexFunc(checks, func(c check) bool { return c.Name == "record matches spec" })
+	if !r.Injected || i < 0 || checks[i].Verdict != verdictWarn || !strings.Contains(checks[i].Message, "no longer shows") {
+		t.Fatalf("injected=%v checks %+v", r.Injected, checks)
+	}
+}
+
+// A manifest that already carries podmeta's record (injected offline) comes back with it
+// from any dry-run: doctor warns that the record may not be this admission's.
+func TestDoctorManifestWithItsOwnRecord(t *testing.T) {
+	d, _ := fakeDoctor(labelledNamespace("demo", nil))
+	r, err := d.diagnose(context.Background(), &target{desc: "pod/p", kind: "Pod", pod: injectedPod(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Injected || !slices.ContainsFunc(r.Checks, func(c check) bool { return c.Name == "dry-run record" && c.Verdict == verdictWarn }) {
+		t.Fatalf("injected=%v checks %+v", r.Injected, r.Checks)
+	}
+}
