@@ -403,9 +403,15 @@ func ownerEvents(mgr ctrl.Manager, restCfg *rest.Config, scheme *runtime.Scheme,
 	return e, nil
 }
 
-// runnable adapts a function to manager.Runnable.
+// runnable adapts a function to manager.Runnable: per-replica work (the cache-synced
+// flag, the owner Events of this replica's requests), started on every replica, leader
+// or not.
 type runnable func(context.Context) error
 
 func (r runnable) Start(ctx context.Context) error { return r(ctx) }
+
+// NeedLeaderElection is false: without it the manager would start the function only on
+// the leader once leader election is on, and the other replicas' Events would be dropped.
+func (runnable) NeedLeaderElection() bool { return false }
 
 func ptrTo[T any](v T) *T { return &v }
