@@ -157,6 +157,7 @@ func TestDoctorCertChecks(t *testing.T) {
 	good, _, _ := certFor(t, host, now.Add(-time.Hour), now.Add(90*24*time.Hour), ca, caKey)
 	soon, _, _ := certFor(t, host, now.Add(-time.Hour), now.Add(3*24*time.Hour), ca, caKey)
 	expired, _, _ := certFor(t, host, now.Add(-48*time.Hour), now.Add(-time.Hour), ca, caKey)
+	notYet, _, _ := certFor(t, host, now.Add(time.Hour), now.Add(90*24*time.Hour), ca, caKey)
 	for _, c := range []struct {
 		name         string
 		bundle, cert []byte
@@ -166,6 +167,7 @@ func TestDoctorCertChecks(t *testing.T) {
 		{"good", caPEM, good, host, verdictOK, verdictOK},
 		{"near expiry", caPEM, soon, host, verdictOK, verdictWarn},
 		{"expired", caPEM, expired, host, verdictOK, verdictFail},
+		{"not yet valid", caPEM, notYet, host, verdictOK, verdictFail},
 		{"wrong caBundle", otherPEM, good, host, verdictFail, verdictOK},
 		{"empty caBundle", nil, good, host, verdictFail, verdictOK},
 		{"wrong host", caPEM, good, "other.podmeta-system.svc", verdictFail, verdictOK},
