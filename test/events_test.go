@@ -38,7 +38,10 @@ func replicaSet(t *testing.T, ns, name string) *appsv1.ReplicaSet {
 	return rs
 }
 
-// ownerEvents lists the events.k8s.io/v1 Events regarding the ReplicaSet, by reason.
+// ownerEvents lists the events.k8s.io/v1 Events regarding the ReplicaSet, by reason,
+// once for each time it was recorded: client-go's recorder folds a repeat into the
+// first Event's series (count 2 at once, the rest later), so an Event with a series is
+// listed series.count times.
 func ownerEvents(ctx context.Context, t *testing.T, ns string, rs *appsv1.ReplicaSet) map[string][]string {
 	t.Helper()
 	list, err := cp.Clientset.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
@@ -48,7 +51,13 @@ func ownerEvents(ctx context.Context, t *testing.T, ns string, rs *appsv1.Replic
 	out := map[string][]string{}
 	for _, e := range list.Items {
 		if e.Regarding.UID == rs.UID && e.Regarding.Kind == "ReplicaSet" {
-			out[e.Reason] = append(out[e.Reason], e.Type+": "+e.Note)
+			times := int32(1)
+			if e.Series != nil {
+				times = max(times, e.Series.Count)
+			}
+			for range times {
+				out[e.Reason] = append(out[e.Reason], e.Type+": "+e.Note)
+			}
 		}
 	}
 	return out
