@@ -216,16 +216,18 @@ func (v *WorkloadValidator) check(w *workload) (deny string, warnings []string) 
 
 	raw := w.object.template(w.cronJob)
 	var pod podView
-	var extras templateExtras
 	if len(raw) > 0 && string(raw) != "null" {
 		if err := unmarshal(raw, &pod); err != nil {
 			return "", append(warnings, "podmeta: "+path+" is not a pod template: "+clip(err.Error()))
 		}
-		_ = unmarshal(raw, &extras) // the same JSON just decoded as a podView
 	}
 	tmplKeys := podmetaKeys(pod.Metadata.Annotations)
 	if len(tmplKeys) == 0 && len(podmetaKeys(w.object.Metadata.Annotations)) == 0 {
 		return "", warnings
+	}
+	var extras templateExtras
+	if len(raw) > 0 {
+		_ = unmarshal(raw, &extras) // the same JSON just decoded as a podView
 	}
 	// Opted out the ways the MutatingWebhookConfiguration honours (objectSelector,
 	// matchConditions): its pods never reach podmeta, so nothing more applies.
